@@ -1,0 +1,100 @@
+"""The admin server: /metrics, /ping, /ready, /health.
+
+It outlives configuration reloads, so it asks a callable for the current
+service rather than holding one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from collector.config import parse_endpoint
+from collector.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from collector.service import Service
+
+log = logging.getLogger("collector.admin")
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, default=str), status=status, content_type="application/json")
+
+
+class AdminServer:
+    def __init__(self, endpoint: str, telemetry: Telemetry, current: Callable[[], Service | None]) -> None:
+        self.endpoint = endpoint
+        self.telemetry = telemetry
+        self.current = current
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/ping", self.ping)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/health", self.health)
+        return app
+
+    async def start(self) -> None:
+        host, port = parse_endpoint(self.endpoint)
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise OSError(exc.errno, f"admin server cannot listen on {self.endpoint}: {exc.strerror}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("admin server listening on http://%s:%s", host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        service = self.current()
+        if service is not None:
+            service.health()  # refreshes the queue gauges
+        body = generate_latest(self.telemetry.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="pong")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        service = self.current()
+        if service is None:
+            return _json({"ready": False, "reasons": ["not started"]}, 503)
+        health = service.health()
+        if health["ready"]:
+            return _json({"ready": True})
+        reasons = []
+        if not service.started:
+            reasons.append("service is not started")
+        for kind, parts in health["components"].items():
+            for cid, h in parts.items():
+                if not h.get("ready", False):
+                    why = h.get("paused_reason") or (
+                        "queue refusing data" if h.get("queue", {}).get("refusing") else h.get("state")
+                    )
+                    reasons.append(f"{kind[:-1]} {cid}: {why}")
+        return _json({"ready": False, "reasons": reasons}, 503)
+
+    async def health(self, request: web.Request) -> web.Response:
+        service = self.current()
+        if service is None:
+            return _json({"status": "starting", "ready": False, "components": {}}, 503)
+        h = service.health()
+        return _json(h, 200 if h["ready"] else 503)

@@ -1,0 +1,91 @@
+"""Configuration of the ``http`` receiver."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from collector.config import parse_endpoint
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(_Strict):
+    """Serve HTTPS with a certificate and key from files."""
+
+    cert_file: Path = Field(description="PEM certificate chain.")
+    key_file: Path = Field(description="PEM private key.")
+
+    @model_validator(mode="after")
+    def _exists(self) -> TlsConfig:
+        for name in ("cert_file", "key_file"):
+            path: Path = getattr(self, name)
+            if not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
+        return self
+
+
+class AuthConfig(_Strict):
+    """Bearer tokens that callers must present.  Any one of them is accepted."""
+
+    tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Tokens written inline (prefer ${VAR}); empty strings are ignored, so "
+        '`["${INGEST_TOKEN:-}"]` turns auth on only when the variable is set.',
+    )
+    tokens_file: Path | None = Field(
+        None, description="File with one token per line (blank lines and # comments ignored)."
+    )
+    tokens_env: str | None = Field(
+        None, description="Name of an environment variable holding one token or several, comma-separated."
+    )
+
+    def resolve(self) -> list[str]:
+        """Every configured token; raises ValueError with an actionable message."""
+        out = [t.get_secret_value() for t in self.tokens if t.get_secret_value()]
+        if self.tokens_file is not None:
+            try:
+                text = self.tokens_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"cannot read tokens_file {str(self.tokens_file)!r}: {exc.strerror}") from None
+            out += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        if self.tokens_env:
+            value = os.environ.get(self.tokens_env)
+            if not value:
+                raise ValueError(f"environment variable {self.tokens_env} (tokens_env) is not set or empty")
+            out += [t.strip() for t in value.split(",") if t.strip()]
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return bool(any(t.get_secret_value() for t in self.tokens) or self.tokens_file or self.tokens_env)
+
+
+class HttpReceiverConfig(_Strict):
+    """CloudEvents over HTTP, compatible with OpenMeter's ingest API and SDKs."""
+
+    endpoint: str = Field("127.0.0.1:8080", description="host:port to listen on (0.0.0.0:8080 in containers).")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Require a bearer token when set.")
+    tls: TlsConfig | None = Field(None, description="Serve HTTPS when set.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, le=1024 * 1024 * 1024, description="Larger bodies are refused with 413."
+    )
+    max_events: int = Field(10_000, gt=0, description="Most events in one request; more is refused with 413.")
+    read_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take to send its body before it gets 408."
+    )
+    fill_missing: bool = Field(
+        True,
+        description="Give events without `time` the arrival time, and events without `id` a deterministic id "
+        "from their content. When false such events are refused with 400.",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        parse_endpoint(v)
+        return v

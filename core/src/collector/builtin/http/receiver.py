@@ -1,0 +1,267 @@
+"""The ``http`` receiver: OpenMeter's ingest API in front of the durable queue.
+
+``POST /api/v1/events`` answers 204 and ``POST /api/v3/openmeter/events``
+answers 202, each only after every target queue has committed the events.
+Everything else gets an RFC 7807 problem document saying what to fix:
+
+=====  ==========================================================
+400    malformed JSON, wrong shape, invalid events (index + field)
+401    missing or wrong bearer token (when tokens are configured)
+404    unknown path
+405    method other than POST
+408    the body did not arrive within ``read_timeout``
+413    body over ``max_body_bytes`` or more than ``max_events``
+415    content type other than the CloudEvents / JSON ones
+503    the queue refuses data (full or disk full), with Retry-After
+=====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ssl
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from collector.builtin.http.config import HttpReceiverConfig
+from collector.cloudevents import IntakeError, fill_defaults, parse_events, problem, validate_events
+from collector.components import Receiver
+from collector.config import parse_endpoint
+from collector.errors import BackpressureError, ConfigError, PermanentError, RecordError
+
+V1_PATH = "/api/v1/events"
+V3_PATH = "/api/v3/openmeter/events"
+_SUCCESS = {V1_PATH: 204, V3_PATH: 202}
+_PROBLEM = "application/problem+json"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[RecordError] | None = None,
+    events: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = problem(status, title, detail, errors, events=events)
+    return web.Response(status=status, body=orjson.dumps(body), content_type=_PROBLEM, headers=headers)
+
+
+class HttpReceiver(Receiver[HttpReceiverConfig]):
+    def __init__(self, ctx: Any, config: HttpReceiverConfig) -> None:
+        super().__init__(ctx, config)
+        try:
+            tokens = config.auth.resolve()
+        except ValueError as exc:
+            raise ConfigError(str(exc), f"receivers.{ctx.id}.auth") from None
+        if config.auth.enabled and not tokens:
+            raise ConfigError("auth is configured but yields no token", f"receivers.{ctx.id}.auth")
+        self._tokens = [f"Bearer {t}".encode() for t in tokens]
+        ctx.telemetry.redactor.add(*tokens)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self.port: int | None = None
+        m = ctx.telemetry.metrics
+        self._requests = m.requests
+        self._refused = m.refused
+        self._received = m.received
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        # aiohttp enforces client_max_size while reading, so a huge chunked body
+        # never sits in memory; +1 lets us tell "exactly the limit" from "over".
+        app = web.Application(client_max_size=self.config.max_body_bytes + 1)
+        for path in (V1_PATH, V3_PATH):
+            app.router.add_route("*", path, self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        return app
+
+    async def _start(self) -> None:
+        host, port = parse_endpoint(self.config.endpoint)
+        ssl_ctx = None
+        if self.config.tls is not None:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                ssl_ctx.load_cert_chain(str(self.config.tls.cert_file), str(self.config.tls.key_file))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"cannot load TLS certificate/key: {exc}", f"receivers.{self.id}.tls") from None
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx, reuse_address=True, backlog=1024)
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise OSError(
+                exc.errno, f"receiver {self.id} cannot listen on {self.config.endpoint}: {exc.strerror}"
+            ) from None
+        sockets = getattr(self._site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        scheme = "https" if ssl_ctx else "http"
+        self.log.info(
+            "http receiver listening on %s://%s:%s (%s, %s)%s",
+            scheme,
+            host,
+            self.port,
+            V1_PATH,
+            V3_PATH,
+            " with bearer-token auth" if self._tokens else " without authentication",
+        )
+
+    async def _shutdown(self) -> None:
+        # Stop accepting, then let requests already committing finish: their
+        # clients are owed an answer for events that are (about to be) queued.
+        self._closing = True
+        if self._site is not None:
+            await self._site.stop()
+        await self._idle.wait()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        out.update({"endpoint": self.config.endpoint, "port": self.port, "in_flight_requests": self._inflight})
+        return out
+
+    # -- request handling -------------------------------------------------------
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return self._answer(
+            problem_response(404, "Not Found", f"no endpoint at {request.path}; send events to {V1_PATH} or {V3_PATH}")
+        )
+
+    def _answer(self, response: web.Response, refused: int = 0, reason: str = "") -> web.Response:
+        self._requests.labels(receiver=self.id, code=str(response.status)).inc()
+        if refused:
+            self._received.labels(receiver=self.id).inc(refused)
+            self._refused.labels(receiver=self.id, reason=reason).inc(refused)
+        return response
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return self._answer(
+                problem_response(
+                    405,
+                    "Method Not Allowed",
+                    f"{request.method} is not supported; use POST",
+                    headers={"Allow": "POST"},
+                )
+            )
+        if self._tokens and not self._authorized(request):
+            return self._answer(
+                problem_response(
+                    401,
+                    "Unauthorized",
+                    "a valid bearer token is required (Authorization: Bearer <token>)",
+                    headers={"WWW-Authenticate": 'Bearer realm="collector"'},
+                )
+            )
+        length = request.content_length
+        if length is not None and length > self.config.max_body_bytes:
+            return self._answer(self._too_large(length))
+        try:
+            body = await asyncio.wait_for(request.read(), self.config.read_timeout)
+        except web.HTTPRequestEntityTooLarge:
+            return self._answer(self._too_large(None))
+        except TimeoutError:
+            return self._answer(
+                problem_response(
+                    408, "Request Timeout", f"the body did not arrive within {self.config.read_timeout:g}s"
+                )
+            )
+        try:
+            events = parse_events(body, request.headers.get("Content-Type"))
+        except IntakeError as exc:
+            return self._answer(problem_response(exc.status, exc.title, exc.detail), 1, "invalid")
+        n = len(events)
+        if n > self.config.max_events:
+            return self._answer(
+                problem_response(
+                    413, "Payload Too Large", f"{n} events in one request; the limit is {self.config.max_events}"
+                ),
+                n,
+                "too_large",
+            )
+        if self.config.fill_missing:
+            now = datetime.now(UTC)
+            events = [fill_defaults(e, now=now) if isinstance(e, dict) else e for e in events]
+        errors = validate_events(events)
+        if errors:
+            return self._answer(
+                problem_response(400, "Bad Request", _summary(errors, n), errors, events=events), n, "invalid"
+            )
+        return await self._commit(request.path, events)
+
+    async def _commit(self, path: str, events: list[dict[str, Any]]) -> web.Response:
+        if self._closing:
+            return self._answer(
+                problem_response(
+                    503,
+                    "Service Unavailable",
+                    "the collector is shutting down; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            )
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self.emit(events)
+        except PermanentError as exc:
+            return self._answer(
+                problem_response(
+                    400, "Bad Request", exc.message or _summary(exc.records, len(events)), exc.records, events=events
+                )
+            )
+        except BackpressureError as exc:
+            retry = max(1, round(exc.retry_after or 1))
+            return self._answer(
+                problem_response(
+                    503,
+                    "Service Unavailable",
+                    f"{exc.message}; retry after {retry}s",
+                    headers={"Retry-After": str(retry)},
+                )
+            )
+        except Exception:
+            self.log.exception("receiver %s: committing %d event(s) failed", self.id, len(events))
+            return self._answer(
+                problem_response(
+                    500, "Internal Server Error", "the events could not be committed; nothing was accepted, retry later"
+                )
+            )
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        return self._answer(web.Response(status=_SUCCESS[path]))
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        ok = False
+        for token in self._tokens:  # compare with all, in constant time each
+            ok |= hmac.compare_digest(given, token)
+        return ok
+
+    def _too_large(self, length: int | None) -> web.Response:
+        got = f"{length} bytes" if length is not None else "the body"
+        return problem_response(
+            413,
+            "Payload Too Large",
+            f"{got} exceeds max_body_bytes={self.config.max_body_bytes}; split the batch into smaller requests",
+        )
+
+
+def _summary(errors: list[RecordError], n: int) -> str:
+    first = errors[0]
+    where = f"event {first.index}" + (f" field {first.field!r}" if first.field else "")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{len(errors)} problem(s) in {n} event(s); nothing was accepted. {where}: {first.message}{more}"

@@ -1,0 +1,1 @@
+"""The built-in ``openmeter`` exporter."""

@@ -1,0 +1,294 @@
+"""The ``collector`` command.
+
+argparse, and every heavy import inside the command that needs it, so that
+``collector --help`` loads no plugin and stays well under half a second.
+
+Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collector.config import LoadedConfig
+    from collector.plugins import Registry
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("-c", "--config", type=Path, help="configuration file (env COLLECTOR_CONFIG)")
+    g.add_argument("--preset", help="a preset shipped with the collector (env COLLECTOR_PRESET)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--strict-plugins",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="fail when any installed plugin cannot be loaded (env COLLECTOR_STRICT_PLUGINS=1)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="collector",
+        description="Usage-metering collector: receive usage, buffer it on disk, deliver CloudEvents to OpenMeter.",
+        parents=[common],
+        epilog="Run `collector run` for the embedded default (HTTP on 127.0.0.1:8080). Docs: docs/README.md",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run the collector (embedded default without -c/--preset)")
+    _config_args(run)
+
+    validate = sub.add_parser("validate", parents=[common], help="check a configuration without starting anything")
+    _config_args(validate, required=True)
+
+    plugins = sub.add_parser("plugins", parents=[common], help="list installed plugins and their components")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    schema = sub.add_parser("schema", parents=[common], help="print the JSON Schema of the configuration")
+    schema.add_argument("-o", "--output", type=Path, help="write to a file instead of stdout")
+
+    sub.add_parser("version", help="print the version of the core and of each plugin")
+
+    dlq = sub.add_parser("dlq", parents=[common], help="inspect, replay or drop dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("list", "list dead letters"),
+        ("replay", "send dead letters to the exporter again"),
+        ("drop", "delete dead letters"),
+    ):
+        a = dlq_sub.add_parser(name, parents=[common], help=text)
+        _config_args(a)
+        a.add_argument("--exporter", help="exporter id (default: every exporter in the configuration)")
+        a.add_argument("--ids", type=lambda s: [int(x) for x in s.split(",") if x], help="comma-separated entry ids")
+        if name == "list":
+            a.add_argument("--limit", type=int, default=50, help="most entries to show (default 50)")
+            a.add_argument("--json", action="store_true", help="one JSON object per line")
+        if name == "drop":
+            a.add_argument("--all", action="store_true", help="drop every entry (required without --ids)")
+        if name == "replay":
+            a.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+            a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+# -- shared steps ------------------------------------------------------------------
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _strict(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "strict_plugins", False))
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    from collector.plugins import PluginSelection, load_registry
+
+    return load_registry(PluginSelection.from_env(strict=_strict(args)))
+
+
+def _config_text(args: argparse.Namespace) -> tuple[str, str]:
+    """(yaml text, description of where it came from)."""
+    from collector import presets
+
+    config: Path | None = getattr(args, "config", None) or (
+        Path(os.environ["COLLECTOR_CONFIG"]) if os.environ.get("COLLECTOR_CONFIG") else None
+    )
+    preset: str | None = getattr(args, "preset", None) or os.environ.get("COLLECTOR_PRESET") or None
+    if config is not None and getattr(args, "preset", None) is None:
+        try:
+            return config.read_text(encoding="utf-8"), str(config)
+        except OSError as exc:
+            from collector.errors import ConfigError
+
+            raise ConfigError(f"cannot read configuration: {exc.strerror}", str(config)) from None
+    name = preset or "default"
+    try:
+        text = presets.load(name)
+    except KeyError as exc:
+        from collector.errors import ConfigError
+
+        raise ConfigError(str(exc.args[0]), "--preset") from None
+    return text, f"preset {name} ({presets.preset_file(name)})"
+
+
+def _load(args: argparse.Namespace, registry: Registry) -> LoadedConfig:
+    from collector.config import Settings, load_config
+    from collector.errors import ConfigError
+
+    text, source = _config_text(args)
+    loaded = load_config(text, registry, source=source, settings=Settings())
+    problems = registry.check(strict=_strict(args) or os.environ.get("COLLECTOR_STRICT_PLUGINS") == "1")
+    if problems:
+        from collector.config import ConfigErrors
+
+        raise ConfigErrors([ConfigError(p, "plugins") for p in problems])
+    return loaded
+
+
+def _print_config_error(exc: Exception) -> None:
+    from collector.config import ConfigErrors
+
+    lines = exc.lines() if isinstance(exc, ConfigErrors) else [str(exc)]
+    for line in lines:
+        _err(f"error: {line}")
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from collector.config import Settings
+    from collector.errors import ConfigError
+    from collector.runtime import ConfigSource, Runtime
+    from collector.telemetry import setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level or "info", settings.log_format or "auto")
+    log = logging.getLogger("collector.cli")
+    registry = _registry(args)
+    try:
+        loaded = _load(args, registry)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    tel = loaded.raw.service.telemetry
+    setup_logging(tel.log_level, tel.log_format)
+    registry.warn_broken()
+    for warning in loaded.warnings:
+        log.warning("configuration: %s", warning)
+    log.info("configuration loaded from %s", loaded.source)
+    if loaded.source.startswith("preset default") and "debug" in {c.type for c in loaded.components.values()}:
+        log.warning(
+            "OPENMETER_URL is not set: events are written to stdout by the debug exporter, not delivered "
+            "anywhere. Set OPENMETER_URL (and OPENMETER_TOKEN) to deliver them to OpenMeter."
+        )
+    source = ConfigSource(loaded.source, lambda: _load(args, registry))
+    return asyncio.run(Runtime(source, loaded, registry).run())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from collector.errors import ConfigError
+
+    registry = _registry(args)
+    try:
+        loaded = _load(args, registry)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    for p in registry.failed():
+        _err(f"warning: plugin {p.name} ({p.label}) failed to load: {p.error}")
+    for w in loaded.warnings:
+        _err(f"warning: {w}")
+    raw = loaded.raw
+    print(
+        f"configuration OK: {len(raw.service.pipelines)} pipeline(s); "
+        f"receivers: {', '.join(raw.receivers) or '-'}; processors: {', '.join(raw.processors) or '-'}; "
+        f"exporters: {', '.join(raw.exporters) or '-'}"
+    )
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    import json
+
+    registry = _registry(args)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in registry.plugins], indent=2))
+    else:
+        rows = [("NAME", "DISTRIBUTION", "VERSION", "STATUS", "COMPONENTS")]
+        for p in registry.plugins:
+            comps = ", ".join(p.components + [f"function/{f}" for f in p.functions]) or "-"
+            rows.append((p.name, p.distribution, p.version, p.status, comps))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+        for p in registry.plugins:
+            if p.error:
+                print(f"\n{p.name}: {p.status}: {p.error}")
+        for c in registry.conflicts:
+            print(f"\nconflict: {c}")
+    problems = registry.check(strict=_strict(args))
+    return EXIT_CONFIG if problems and _strict(args) else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from collector.schema import config_schema
+
+    text = json.dumps(config_schema(_registry(args)), indent=2)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from importlib import metadata
+
+    from collector import __version__
+
+    print(f"collector-core {__version__}")
+    seen = set()
+    for ep in metadata.entry_points(group="collector"):
+        if ep.dist is not None and ep.dist.name not in seen:
+            seen.add(ep.dist.name)
+            print(f"{ep.dist.name} {ep.dist.version}")
+    print(f"python {sys.version.split()[0]}")
+    return EXIT_OK
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from collector.dlq import run_dlq
+    from collector.errors import ConfigError
+
+    registry = _registry(args)
+    try:
+        loaded = _load(args, registry)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    return run_dlq(args, loaded, registry)
+
+
+COMMANDS: dict[str, Any] = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "plugins": cmd_plugins,
+    "schema": cmd_schema,
+    "version": cmd_version,
+    "dlq": cmd_dlq,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `collector schema | head`: not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

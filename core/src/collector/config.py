@@ -1,0 +1,357 @@
+"""Configuration: YAML in the OpenTelemetry Collector's shape, validated by pydantic.
+
+Loading happens in three steps, each with errors a person can act on:
+
+1. YAML parsing (``file:line:column: problem``);
+2. ``${VAR}`` / ``${VAR:-default}`` substitution in string values (``$$`` is a
+   literal ``$``); an unset variable without a default is an error naming it
+   and where it is used.  Substitution happens on parsed string values rather
+   than raw text, so a value containing ``:`` or ``#`` cannot break the YAML
+   structure, and commented-out lines never demand variables;
+3. validation: the top-level model, then each component's own model found
+   through the registry, each error rendered as ``path: message``.
+
+Top-level settings can also come from ``COLLECTOR_*`` environment variables
+(:class:`Settings`); precedence is command-line flag, then environment, then
+file, then default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from collector.errors import ConfigError
+from collector.plugins import Registry
+from collector.specs import SECTION, ComponentKind
+
+ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(/[A-Za-z0-9_.-]+)?$")
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems at once, one ``path: message`` per line."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+    def lines(self) -> list[str]:
+        return [str(e) for e in self.errors]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TelemetryConfig(_Strict):
+    """The admin server and the logs."""
+
+    endpoint: str | None = Field(
+        "127.0.0.1:4195",
+        description="host:port of the admin server (/metrics, /ping, /ready, /health); "
+        "null disables it. Use 0.0.0.0:4195 in containers.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json, text, or auto: text on a terminal, JSON otherwise."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v)
+        return v
+
+
+class PipelineConfig(_Strict):
+    """One pipeline: receivers feed processors in order, then every exporter."""
+
+    receivers: list[str] = Field(default_factory=list, description="Receiver ids feeding this pipeline.")
+    processors: list[str] = Field(default_factory=list, description="Processor ids, applied in order.")
+    exporters: list[str] = Field(default_factory=list, description="Exporter ids; each gets its own queue.")
+
+
+class ServiceConfig(_Strict):
+    """Which components run, and how they are wired."""
+
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Admin server and logs.")
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict, description="Named pipelines.")
+    coordinator: str | None = Field(
+        None, description="Coordinator id (from `coordinators`) deciding leadership; default local."
+    )
+    drain_timeout: float = Field(30.0, gt=0, description="Seconds a graceful stop may take (receivers, then senders).")
+
+
+class StorageConfig(_Strict):
+    """Where queues, dead letters and watermarks live."""
+
+    directory: Path = Field(
+        Path("data"), description="Directory for queues, dead letters and state; a persistent volume."
+    )
+
+
+class CollectorConfig(_Strict):
+    """The whole configuration file.  Component sections hold raw mappings here;
+    each is validated by its own model in :func:`validate_components`."""
+
+    receivers: dict[str, dict[str, Any] | None] = Field(default_factory=dict, description="Receivers by id.")
+    processors: dict[str, dict[str, Any] | None] = Field(default_factory=dict, description="Processors by id.")
+    exporters: dict[str, dict[str, Any] | None] = Field(default_factory=dict, description="Exporters by id.")
+    coordinators: dict[str, dict[str, Any] | None] = Field(default_factory=dict, description="Coordinators by id.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Storage.")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="Service wiring.")
+
+
+class Settings(BaseSettings):
+    """Top-level settings from ``COLLECTOR_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="ignore")
+
+    config: Path | None = Field(None, description="Configuration file (COLLECTOR_CONFIG).")
+    preset: str | None = Field(None, description="Preset name (COLLECTOR_PRESET).")
+    log_level: Literal["debug", "info", "warning", "error"] | None = Field(
+        None, description="Overrides service.telemetry.log_level."
+    )
+    log_format: Literal["auto", "json", "text"] | None = Field(
+        None, description="Overrides service.telemetry.log_format."
+    )
+    admin_endpoint: str | None = Field(None, description="Overrides service.telemetry.endpoint.")
+    storage_directory: Path | None = Field(None, description="Overrides storage.directory.")
+    drain_timeout: float | None = Field(None, gt=0, description="Overrides service.drain_timeout.")
+
+    def apply(self, config: CollectorConfig) -> CollectorConfig:
+        tel = config.service.telemetry
+        updates_tel: dict[str, Any] = {}
+        if self.log_level:
+            updates_tel["log_level"] = self.log_level
+        if self.log_format:
+            updates_tel["log_format"] = self.log_format
+        if self.admin_endpoint is not None:
+            parse_endpoint(self.admin_endpoint)
+            updates_tel["endpoint"] = self.admin_endpoint
+        service_updates: dict[str, Any] = {"telemetry": tel.model_copy(update=updates_tel)}
+        if self.drain_timeout:
+            service_updates["drain_timeout"] = self.drain_timeout
+        updates: dict[str, Any] = {"service": config.service.model_copy(update=service_updates)}
+        if self.storage_directory:
+            updates["storage"] = StorageConfig(directory=self.storage_directory)
+        return config.model_copy(update=updates)
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) into its parts, or ValueError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (for example 127.0.0.1:8080)")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML: {problem}", where) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"the top level must be a mapping, not {type(data).__name__}", source)
+    return data
+
+
+def substitute(data: Any, environ: Mapping[str, str] | None = None, path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value."""
+    env = os.environ if environ is None else environ
+    if isinstance(data, dict):
+        return {k: substitute(v, env, f"{path}.{k}" if path else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [substitute(v, env, f"{path}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "$" not in data:
+        return data
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(
+                    f"environment variable {name} is not set (use ${{{name}:-default}} for a default)",
+                    path or None,
+                )
+            return default
+        return value
+
+    return _VAR.sub(repl, data)
+
+
+def _pydantic_errors(exc: ValidationError, prefix: str) -> list[ConfigError]:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        path = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or None)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; `collector schema` lists the fields)"
+        out.append(ConfigError(message, path))
+    return out
+
+
+@dataclass
+class ComponentConfig:
+    id: str
+    kind: ComponentKind
+    type: str
+    config: BaseModel
+
+
+@dataclass
+class LoadedConfig:
+    """A fully validated configuration, ready for the service."""
+
+    raw: CollectorConfig
+    components: dict[tuple[str, str], ComponentConfig]  # (kind, id) -> config
+    warnings: list[str] = field(default_factory=list)
+    source: str = "<config>"
+
+    def get(self, kind: str, cid: str) -> ComponentConfig:
+        return self.components[(kind, cid)]
+
+    def secrets(self) -> set[str]:
+        found: set[str] = set()
+        for c in self.components.values():
+            found |= collect_secrets(c.config)
+        return found
+
+
+def collect_secrets(value: Any) -> set[str]:
+    """Every SecretStr value inside a model, so the log redactor can mask it."""
+    found: set[str] = set()
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        if secret:
+            found.add(secret)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found |= collect_secrets(getattr(value, name))
+    elif isinstance(value, dict):
+        for v in value.values():
+            found |= collect_secrets(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            found |= collect_secrets(v)
+    return found
+
+
+def validate_components(raw: CollectorConfig, registry: Registry) -> LoadedConfig:
+    errors: list[ConfigError] = []
+    warnings: list[str] = []
+    components: dict[tuple[str, str], ComponentConfig] = {}
+
+    for kind, section in SECTION.items():
+        entries: dict[str, Any] = getattr(raw, section)
+        for cid, body in entries.items():
+            path = f"{section}.{cid}"
+            if not ID_PATTERN.match(cid):
+                errors.append(ConfigError("an id is `type` or `type/name` (lower-case type)", path))
+                continue
+            type_name = cid.split("/", 1)[0]
+            try:
+                spec = registry.component(kind, type_name, path=path)  # type: ignore[arg-type]
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
+            try:
+                model = spec.config_model.model_validate(body or {})
+            except ValidationError as exc:
+                errors.extend(_pydantic_errors(exc, path))
+                continue
+            components[(kind, cid)] = ComponentConfig(cid, kind, type_name, model)  # type: ignore[arg-type]
+
+    errors.extend(_check_pipelines(raw, warnings))
+    if errors:
+        raise ConfigErrors(errors)
+    return LoadedConfig(raw=raw, components=components, warnings=warnings)
+
+
+def _check_pipelines(raw: CollectorConfig, warnings: list[str]) -> Iterator[ConfigError]:
+    pipelines = raw.service.pipelines
+    if not pipelines:
+        yield ConfigError("no pipelines: add at least one under service.pipelines", "service.pipelines")
+    used: dict[str, set[str]] = {"receivers": set(), "processors": set(), "exporters": set()}
+    for name, pipe in pipelines.items():
+        path = f"service.pipelines.{name}"
+        if not pipe.receivers:
+            yield ConfigError("a pipeline needs at least one receiver", f"{path}.receivers")
+        if not pipe.exporters:
+            yield ConfigError("a pipeline needs at least one exporter", f"{path}.exporters")
+        for section in ("receivers", "processors", "exporters"):
+            ids: list[str] = getattr(pipe, section)
+            declared = getattr(raw, section)
+            seen: set[str] = set()
+            for i, cid in enumerate(ids):
+                if cid in seen:
+                    yield ConfigError(f"{cid!r} is listed twice", f"{path}.{section}[{i}]")
+                seen.add(cid)
+                if cid not in declared:
+                    known = ", ".join(sorted(declared)) or "none"
+                    yield ConfigError(
+                        f"{cid!r} is not defined under `{section}` (defined: {known})",
+                        f"{path}.{section}[{i}]",
+                    )
+                used[section].add(cid)
+    for section, ids in used.items():
+        for cid in sorted(set(getattr(raw, section)) - ids):
+            warnings.append(f"{section}.{cid} is defined but no pipeline uses it; it will not run")
+    coord = raw.service.coordinator
+    if coord is not None and coord not in raw.coordinators:
+        yield ConfigError(f"{coord!r} is not defined under `coordinators`", "service.coordinator")
+
+
+def load_config(
+    text: str,
+    registry: Registry,
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
+) -> LoadedConfig:
+    """Parse, substitute, validate.  Raises ConfigError / ConfigErrors."""
+    data = substitute(parse_yaml(text, source), environ)
+    try:
+        raw = CollectorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigErrors(_pydantic_errors(exc, "")) from None
+    if settings is not None:
+        try:
+            raw = settings.apply(raw)
+        except ValueError as exc:
+            raise ConfigError(str(exc), "COLLECTOR_ADMIN_ENDPOINT") from None
+    loaded = validate_components(raw, registry)
+    loaded.source = source
+    return loaded
+
+
+def load_config_file(path: Path, registry: Registry, **kwargs: Any) -> LoadedConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration: {exc.strerror}", str(path)) from None
+    return load_config(text, registry, source=str(path), **kwargs)

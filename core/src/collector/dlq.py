@@ -1,0 +1,149 @@
+"""``collector dlq list|replay|drop``: working with dead letters.
+
+Replay builds the exporter from the configuration and sends the entries
+through an :class:`~collector.delivery.ExporterRunner` backed by a memory
+queue, so the same batching, retries, splitting and dead-lettering apply.
+It works whether or not a collector is running on the same storage.  An entry
+is removed only once its event is delivered or dead-lettered again (with the
+new reason); entries left when ``--timeout`` runs out stay where they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from collector.config import LoadedConfig
+from collector.deadletter import DeadLetterStore
+from collector.plugins import Registry
+from collector.service import deadletter_path
+
+CHUNK = 1000
+
+
+def _exporters(args: argparse.Namespace, loaded: LoadedConfig) -> list[str]:
+    ids = [cid for (kind, cid) in loaded.components if kind == "exporter"]
+    if args.exporter:
+        if args.exporter not in ids:
+            raise SystemExit(f"error: no exporter {args.exporter!r} in the configuration (have: {', '.join(ids)})")
+        return [args.exporter]
+    return ids
+
+
+def _store(loaded: LoadedConfig, exporter_id: str) -> DeadLetterStore:
+    return DeadLetterStore(deadletter_path(loaded.raw.storage.directory, exporter_id))
+
+
+def run_dlq(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) -> int:
+    action = args.dlq_command
+    code = 0
+    for eid in _exporters(args, loaded):
+        store = _store(loaded, eid)
+        try:
+            if action == "list":
+                _list(args, eid, store)
+            elif action == "drop":
+                code = max(code, _drop(args, eid, store))
+            else:
+                code = max(code, asyncio.run(_replay(args, loaded, registry, eid, store)))
+        finally:
+            store.close()
+    return code
+
+
+def _list(args: argparse.Namespace, eid: str, store: DeadLetterStore) -> None:
+    entries = store.list(ids=args.ids) if args.ids else store.list(limit=args.limit)
+    total = store.count()
+    if args.json:
+        for e in entries:
+            print(json.dumps({"exporter": eid, **e.as_dict()}))
+        return
+    print(f"{eid}: {total} dead letter(s)" + (f", showing {len(entries)}" if len(entries) < total else ""))
+    for e in entries:
+        when = datetime.fromtimestamp(e.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = f" {e.status}" if e.status else ""
+        body = (e.body or "").replace("\n", " ")[:120]
+        print(f"  #{e.id} {when} {e.reason}{status} id={e.event.get('id')} subject={e.event.get('subject')} {body}")
+
+
+def _drop(args: argparse.Namespace, eid: str, store: DeadLetterStore) -> int:
+    if args.ids:
+        n = store.delete(args.ids)
+    elif args.all:
+        n = store.clear()
+    else:
+        print("error: say which entries to drop: --ids 1,2,3 or --all", file=sys.stderr)
+        return 2
+    print(f"{eid}: dropped {n} dead letter(s)")
+    return 0
+
+
+async def _replay(
+    args: argparse.Namespace, loaded: LoadedConfig, registry: Registry, eid: str, store: DeadLetterStore
+) -> int:
+    from tqdm import tqdm
+
+    from collector.components import ComponentContext, Exporter
+    from collector.delivery import ExporterRunner
+    from collector.queue.memory import MemoryQueue
+    from collector.service import exporter_dir
+    from collector.telemetry import Telemetry
+
+    total = len(args.ids) if args.ids else store.count()
+    if total == 0:
+        print(f"{eid}: no dead letters to replay")
+        return 0
+    cc = loaded.get("exporter", eid)
+    spec = registry.component("exporter", cc.type)
+    telemetry = Telemetry()
+    telemetry.redactor.add(*loaded.secrets())
+    ctx = ComponentContext(eid, "exporter", exporter_dir(loaded.raw.storage.directory, eid), telemetry, registry)
+    exporter = spec.factory(ctx, cc.config)
+    assert isinstance(exporter, Exporter)
+    queue = MemoryQueue(max_bytes=1 << 40)
+    # Re-rejected events land in the same store with their new reason.
+    runner = ExporterRunner(eid, exporter, cc.config, queue, _store(loaded, eid), telemetry.metrics)  # type: ignore[arg-type]
+    await runner.start()
+    deadline = time.monotonic() + args.timeout
+    done = 0
+    bar: Any = tqdm(total=total, unit="event", desc=f"replay {eid}", disable=args.no_progress or total < 1)
+    try:
+        for chunk in store.iter_all(CHUNK, ids=args.ids):
+            await queue.put([e.event for e in chunk])
+            before = 0
+            while queue.stats().items:
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                await asyncio.sleep(0.05)
+                finished = len(chunk) - queue.stats().events
+                bar.update(finished - before)
+                before = finished
+            bar.update(len(chunk) - before)
+            store.delete(e.id for e in chunk)
+            done += len(chunk)
+    except TimeoutError:
+        bar.close()
+        print(
+            f"{eid}: replay timed out after {args.timeout:g}s; {done} of {total} finished, "
+            "the rest stay in the dead-letter store",
+            file=sys.stderr,
+        )
+        await runner.shutdown(1.0)
+        return 1
+    bar.close()
+    await runner.shutdown(5.0)
+    m = telemetry.metrics
+    delivered = m.delivered.labels(exporter=eid)._value.get()
+    again = sum(
+        s.value
+        for metric in m.dead_lettered.collect()
+        for s in metric.samples
+        if s.name.endswith("_total") and s.labels.get("exporter") == eid
+    )
+    print(f"{eid}: replayed {done} event(s): {int(delivered)} delivered, {int(again)} dead-lettered again")
+    return 0

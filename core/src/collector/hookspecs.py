@@ -1,0 +1,163 @@
+"""Hook specifications: how a plugin tells the collector what it provides.
+
+A plugin is any importable module (or object) with functions marked
+``@hookimpl`` whose names match the specs below.  It is found through the
+``collector`` entry-point group::
+
+    # pyproject.toml of collector-plugin-hello
+    [project.entry-points.collector]
+    hello = "collector_plugin_hello"
+
+Hooks only *declare*: they return specs (a type name, a pydantic config model
+and a factory).  They must not do I/O and should not import heavy libraries;
+put those imports inside the factory, which runs only when a configuration
+actually uses the component.  Business code never calls these hooks directly:
+:class:`collector.plugins.Registry` does, one plugin at a time, so that one
+broken plugin cannot take the others down.
+
+Every example in this module is executed by ``core/tests/test_hookspecs.py``.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from collector.specs import ComponentSpec, FunctionSpec
+
+PROJECT = "collector"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def collector_receivers() -> list[ComponentSpec]:
+    """Declare receiver types: components that bring data in.
+
+    Example::
+
+        from pydantic import BaseModel, ConfigDict, Field
+        from collector.components import Receiver
+        from collector.hookspecs import hookimpl
+        from collector.specs import ComponentSpec
+
+        class TickerConfig(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            count: int = Field(3, description="How many events to emit at start.")
+
+        class Ticker(Receiver):
+            async def _start(self) -> None:
+                for i in range(self.config.count):
+                    await self.emit([{"specversion": "1.0", "id": str(i), "source": "ticker",
+                                      "type": "tick", "subject": "demo"}])
+
+        @hookimpl
+        def collector_receivers():
+            return [ComponentSpec("receiver", "ticker", TickerConfig,
+                                  lambda ctx, cfg: Ticker(ctx, cfg),
+                                  description="Emits a few ticks at start.")]
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def collector_processors() -> list[ComponentSpec]:
+    """Declare processor types: components that transform batches before the queue.
+
+    Example::
+
+        from pydantic import BaseModel, ConfigDict, Field
+        from collector.components import Processor
+        from collector.hookspecs import hookimpl
+        from collector.specs import ComponentSpec
+
+        class UpperConfig(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            field: str = Field("subject", description="Top-level field to upper-case.")
+
+        class Upper(Processor):
+            async def process(self, events, meta):
+                key = self.config.field
+                return [{**e, key: str(e.get(key, "")).upper()} for e in events]
+
+        @hookimpl
+        def collector_processors():
+            return [ComponentSpec("processor", "upper", UpperConfig,
+                                  lambda ctx, cfg: Upper(ctx, cfg))]
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def collector_exporters() -> list[ComponentSpec]:
+    """Declare exporter types: components that deliver batches somewhere.
+
+    An exporter's config model should subclass
+    :class:`collector.components.ExporterConfig` so that it inherits the
+    queue, batching, retry and timeout settings every exporter shares.
+
+    Example::
+
+        from pydantic import Field
+        from collector.components import Exporter, ExporterConfig
+        from collector.hookspecs import hookimpl
+        from collector.specs import ComponentSpec
+
+        class NullConfig(ExporterConfig):
+            note: str = Field("", description="Free text, ignored.")
+
+        class Null(Exporter):
+            async def export(self, events):
+                return None  # accept and forget
+
+        @hookimpl
+        def collector_exporters():
+            return [ComponentSpec("exporter", "null", NullConfig,
+                                  lambda ctx, cfg: Null(ctx, cfg))]
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def collector_coordinators() -> list[ComponentSpec]:
+    """Declare coordinator types: who leads pull receivers in a group of replicas.
+
+    Example::
+
+        from pydantic import BaseModel, ConfigDict
+        from collector.components import Coordinator
+        from collector.hookspecs import hookimpl
+        from collector.specs import ComponentSpec
+
+        class NeverConfig(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+
+        class Never(Coordinator):
+            def is_leader(self) -> bool:
+                return False
+
+        @hookimpl
+        def collector_coordinators():
+            return [ComponentSpec("coordinator", "never", NeverConfig,
+                                  lambda ctx, cfg: Never(ctx, cfg))]
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def collector_functions() -> list[FunctionSpec]:
+    """Declare functions that mapping expressions may call.
+
+    Example::
+
+        from collector.hookspecs import hookimpl
+        from collector.specs import FunctionSpec
+
+        def cents(amount: float) -> int:
+            return round(amount * 100)
+
+        @hookimpl
+        def collector_functions():
+            return [FunctionSpec("cents", cents, "Dollars to integer cents.")]
+    """
+    raise NotImplementedError

@@ -1,0 +1,83 @@
+"""A volatile queue with the durable queue's interface, for tests and demos."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from collector.errors import BackpressureError
+from collector.queue import QueueItem, QueueStats
+
+
+class MemoryQueue:
+    """Everything in RAM: lost on exit.  Enforces ``max_bytes`` like the durable one."""
+
+    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._ids = itertools.count(1)
+        self._ready: OrderedDict[int, QueueItem] = OrderedDict()
+        self._claimed: dict[int, QueueItem] = {}
+        self._bytes = 0
+        self._events = 0
+        self._cond = threading.Condition()
+
+    def open(self) -> None:
+        pass
+
+    async def put(self, events: list[dict[str, Any]]) -> None:
+        size = len(orjson.dumps(events))
+        with self._cond:
+            if self._bytes + size > self.max_bytes and (self._ready or self._claimed):
+                raise BackpressureError(f"queue is full ({self._bytes} of {self.max_bytes} bytes)", retry_after=1.0)
+            item = QueueItem(next(self._ids), list(events), time.time(), size)
+            self._ready[item.id] = item
+            self._bytes += size
+            self._events += len(events)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> QueueItem | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._ready:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            _, item = self._ready.popitem(last=False)
+            self._claimed[item.id] = item
+            return item
+
+    def ack(self, item_id: int) -> None:
+        with self._cond:
+            item = self._claimed.pop(item_id, None)
+            if item is not None:
+                self._bytes -= item.size_bytes
+                self._events -= len(item.events)
+
+    def release(self, item_id: int) -> None:
+        with self._cond:
+            item = self._claimed.pop(item_id, None)
+            if item is not None:
+                self._ready[item.id] = item
+                self._ready.move_to_end(item.id, last=False)
+                self._cond.notify()
+
+    def stats(self) -> QueueStats:
+        with self._cond:
+            items = list(self._ready.values()) + list(self._claimed.values())
+            oldest = min((i.enqueued_at for i in items), default=None)
+            return QueueStats(
+                items=len(items),
+                events=self._events,
+                bytes=self._bytes,
+                oldest_age_s=max(0.0, time.time() - oldest) if oldest else 0.0,
+                refusing=self._bytes >= self.max_bytes,
+            )
+
+    def close(self) -> None:
+        pass

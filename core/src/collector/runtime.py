@@ -1,0 +1,129 @@
+"""Running the service until a signal: SIGTERM/SIGINT stop, SIGHUP reloads.
+
+SIGHUP reload: the file (or preset) is read and validated again.  If it is
+invalid, the error is logged and the running configuration stays as it is.
+If it is valid, the running service stops gracefully (receivers finish the
+requests they hold; senders drain for ``drain_timeout``; whatever is still
+unsent stays in the durable queue) and the new one starts on the same storage
+directory, so it picks the queue up where the old one left it.  Accepted
+events are never lost by a reload; clients may see connection refusals for
+the moment between the two (they retry).  If the new configuration fails to
+start (a port taken, say), the previous configuration is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from collector.admin import AdminServer
+from collector.config import LoadedConfig
+from collector.errors import ConfigError
+from collector.plugins import Registry
+from collector.service import Service
+from collector.telemetry import Telemetry
+
+log = logging.getLogger("collector.runtime")
+
+
+@dataclass
+class ConfigSource:
+    """Where the configuration comes from, so SIGHUP can read it again."""
+
+    describe: str
+    load: Callable[[], LoadedConfig]
+
+
+class Runtime:
+    def __init__(self, source: ConfigSource, loaded: LoadedConfig, registry: Registry) -> None:
+        self.source = source
+        self.loaded = loaded
+        self.registry = registry
+        self.telemetry = Telemetry()
+        self.service: Service | None = None
+        self.admin: AdminServer | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    def current(self) -> Service | None:
+        return self.service
+
+    async def _start_admin(self, endpoint: str | None) -> None:
+        if self.admin is not None and self.admin.endpoint == endpoint:
+            return
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        if endpoint:
+            self.admin = AdminServer(endpoint, self.telemetry, self.current)
+            await self.admin.start()
+
+    async def _start_service(self, loaded: LoadedConfig) -> None:
+        self.telemetry.redactor.add(*loaded.secrets())
+        service = Service(loaded, self.registry, telemetry=self.telemetry)
+        await service.start()
+        self.service = service
+        self.loaded = loaded
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            await self._start_admin(self.loaded.raw.service.telemetry.endpoint)
+            await self._start_service(self.loaded)
+        except (OSError, ConfigError) as exc:
+            log.error("start-up failed: %s", exc)
+            await self._shutdown()
+            return 2 if isinstance(exc, ConfigError) else 1
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self._do_reload()
+        await self._shutdown()
+        return 0
+
+    def _on_stop(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            log.warning("second %s: stopping is already under way", sig.name)
+            return
+        log.info("received %s: stopping gracefully", sig.name)
+        self._stop.set()
+
+    async def _do_reload(self) -> None:
+        log.info("received SIGHUP: reloading configuration from %s", self.source.describe)
+        try:
+            new = await asyncio.to_thread(self.source.load)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old = self.loaded
+        assert self.service is not None
+        await self.service.stop()
+        self.service = None
+        try:
+            await self._start_admin(new.raw.service.telemetry.endpoint)
+            await self._start_service(new)
+            log.info("configuration reloaded")
+        except Exception as exc:
+            log.error("the new configuration failed to start (%s); restarting the previous one", exc)
+            await self._start_admin(old.raw.service.telemetry.endpoint)
+            await self._start_service(old)
+
+    async def _shutdown(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+        if self.admin is not None:
+            await self.admin.stop()

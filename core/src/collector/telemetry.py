@@ -1,0 +1,236 @@
+"""The collector's own metrics and logs.
+
+Metrics live in a per-service ``CollectorRegistry`` (not prometheus-client's
+global one) so that several services can run in one process, as the tests do.
+
+The counters reconcile, per exporter::
+
+    collector_exporter_enqueued_events_total
+        = collector_exporter_delivered_events_total
+        + collector_exporter_dead_lettered_events_total   (all reasons)
+        + collector_queue_events                          (waiting, in flight included)
+
+and per receiver::
+
+    collector_receiver_received_events_total
+        = collector_receiver_accepted_events_total
+        + collector_receiver_refused_events_total         (client told: 4xx/5xx)
+
+    accepted events enter every pipeline; per pipeline they are either
+    dropped by a processor (collector_processor_dropped_events_total{reason})
+    or enqueued to each of the pipeline's exporters.
+
+The names from the product documentation (``batch_created``, ``batch_sent``,
+``buffer_batch_received``, ``buffer_batch_sent``, ``buffer_latency_ns``) are
+kept as they are, beside the ``collector_*`` family.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Every metric the core records, on one registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        # -- seed names, from the product documentation ---------------------
+        self.batch_created = Counter("batch_created", "Request batches formed by senders.", ["exporter"], registry=r)
+        self.batch_sent = Counter("batch_sent", "Request batches delivered.", ["exporter"], registry=r)
+        self.buffer_batch_received = Counter(
+            "buffer_batch_received", "Batches committed to a queue.", ["exporter"], registry=r
+        )
+        self.buffer_batch_sent = Counter(
+            "buffer_batch_sent", "Batches read from a queue by the sender.", ["exporter"], registry=r
+        )
+        self.buffer_latency_ns = Histogram(
+            "buffer_latency_ns",
+            "Nanoseconds a batch waited in the queue before the sender took it.",
+            ["exporter"],
+            buckets=[1e5, 1e6, 1e7, 1e8, 5e8, 1e9, 5e9, 1e10, 6e10, 3e11, 3.6e12],
+            registry=r,
+        )
+        # -- receivers --------------------------------------------------------
+        self.received = Counter(
+            "collector_receiver_received_events", "Events offered by clients or sources.", ["receiver"], registry=r
+        )
+        self.accepted = Counter(
+            "collector_receiver_accepted_events", "Events committed to every target queue.", ["receiver"], registry=r
+        )
+        self.refused = Counter(
+            "collector_receiver_refused_events",
+            "Events refused at the edge (the client was told).",
+            ["receiver", "reason"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "collector_receiver_requests", "Requests answered, by status code.", ["receiver", "code"], registry=r
+        )
+        # -- processors ------------------------------------------------------
+        self.dropped = Counter(
+            "collector_processor_dropped_events",
+            "Events a processor removed on purpose (filter, dedupe, aggregate...).",
+            ["processor", "reason"],
+            registry=r,
+        )
+        # -- exporters / queues ----------------------------------------------
+        self.enqueued = Counter(
+            "collector_exporter_enqueued_events", "Events committed to the exporter's queue.", ["exporter"], registry=r
+        )
+        self.delivered = Counter(
+            "collector_exporter_delivered_events", "Events the destination accepted.", ["exporter"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "collector_exporter_dead_lettered_events",
+            "Events moved to the dead-letter store.",
+            ["exporter", "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "collector_exporter_retries",
+            "Failed send attempts that will be retried, by class.",
+            ["exporter", "class"],
+            registry=r,
+        )
+        self.send_latency = Histogram(
+            "collector_exporter_request_seconds", "Duration of export requests.", ["exporter", "outcome"], registry=r
+        )
+        self.queue_events = Gauge(
+            "collector_queue_events", "Events in the queue, in flight included.", ["exporter"], registry=r
+        )
+        self.queue_bytes = Gauge("collector_queue_bytes", "Serialised bytes in the queue.", ["exporter"], registry=r)
+        self.queue_oldest = Gauge(
+            "collector_queue_oldest_age_seconds", "Age of the oldest queued event.", ["exporter"], registry=r
+        )
+        self.queue_refusing = Gauge(
+            "collector_queue_refusing",
+            "1 while the queue refuses new data (full or disk full).",
+            ["exporter"],
+            registry=r,
+        )
+        self.queue_quarantined = Gauge(
+            "collector_queue_quarantined_items", "Unreadable queue items moved aside.", ["exporter"], registry=r
+        )
+        self.in_flight = Gauge(
+            "collector_exporter_in_flight_events",
+            "Events taken from the queue and not yet finished.",
+            ["exporter"],
+            registry=r,
+        )
+        self.exporter_paused = Gauge(
+            "collector_exporter_paused",
+            "1 while the exporter is paused on an authentication error.",
+            ["exporter"],
+            registry=r,
+        )
+        self.dead_letter_events = Gauge(
+            "collector_dead_letter_events", "Events in the dead-letter store.", ["exporter"], registry=r
+        )
+        self.up = Gauge("collector_up", "1 while the service runs.", registry=r)
+        self.start_time = Gauge("collector_start_time_seconds", "Unix time the service started.", registry=r)
+
+
+# -- logs -----------------------------------------------------------------------
+
+_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class Redactor(logging.Filter):
+    """Masks every registered secret in log messages and fields.
+
+    Config loading registers each ``SecretStr`` value; tokens read from files
+    or headers at run time are registered by the components that read them.
+    """
+
+    MASK = "***"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, *secrets: str) -> None:
+        with self._lock:
+            # Very short secrets would mask ordinary words; they are still never
+            # logged by our code, this is the safety net.
+            self._secrets |= {s for s in secrets if s and len(s) >= 4}
+
+    def scrub(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, self.MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            record.msg = self.scrub(record.getMessage())
+            record.args = None
+            for key, value in list(vars(record).items()):
+                if key not in _STD_ATTRS and isinstance(value, str):
+                    setattr(record, key, self.scrub(value))
+        return True
+
+
+REDACTOR = Redactor()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["error"] = REDACTOR.scrub(self.formatException(record.exc_info))
+        return orjson.dumps(out, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
+        if extras:
+            base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return REDACTOR.scrub(base)
+
+
+def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    """Configure the ``collector`` logger tree (idempotent)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(REDACTOR)
+    root = logging.getLogger("collector")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+    # aiohttp's access log is noisy and may carry headers; keep it at warning.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Telemetry:
+    """Metrics plus the health sources the admin server reports."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.redactor = REDACTOR

@@ -1,0 +1,78 @@
+"""Run one pipeline from a YAML snippet, in-process, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from collector.clock import Clock
+from collector.config import load_config
+from collector.plugins import PluginSelection, Registry, load_registry
+from collector.service import Service
+from collector.testing.components import MemoryExporter, ScriptedReceiver, TestingPlugin
+
+
+def testing_registry(extra_plugins: Iterable[tuple[str, object]] = (), *, installed: bool = False) -> Registry:
+    """Built-ins plus the testing components (plus installed plugins if asked)."""
+    selection = PluginSelection.from_env() if installed else PluginSelection(disabled=True)
+    return load_registry(selection, extra_plugins=[("testing", TestingPlugin()), *extra_plugins])
+
+
+testing_registry.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+@dataclass
+class RunningPipeline:
+    service: Service
+
+    def receiver(self, rid: str = "scripted") -> ScriptedReceiver:
+        rec = self.service.receivers[rid]
+        assert isinstance(rec, ScriptedReceiver), f"{rid} is not a scripted receiver"
+        return rec
+
+    def exporter(self, eid: str = "memory") -> MemoryExporter:
+        exp = self.service.exporters[eid].exporter
+        assert isinstance(exp, MemoryExporter), f"{eid} is not a memory exporter"
+        return exp
+
+
+@asynccontextmanager
+async def run_pipeline(
+    yaml_text: str,
+    storage_dir: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+    clock: Clock | None = None,
+    drain_timeout: float = 5.0,
+) -> AsyncIterator[RunningPipeline]:
+    """Start a service from ``yaml_text`` with ``storage.directory`` set to ``storage_dir``.
+
+    When the snippet has no ``service`` section, the receivers, processors and
+    exporters it defines are wired into one pipeline called ``test``.  The
+    admin server is not started.
+    """
+    import yaml
+
+    data = yaml.safe_load(yaml_text) or {}
+    data.setdefault("storage", {})["directory"] = str(storage_dir)
+    service_cfg = data.setdefault("service", {})
+    service_cfg.setdefault("telemetry", {})["endpoint"] = None
+    if "pipelines" not in service_cfg:
+        service_cfg["pipelines"] = {
+            "test": {
+                "receivers": list(data.get("receivers") or {}),
+                "processors": list(data.get("processors") or {}),
+                "exporters": list(data.get("exporters") or {}),
+            }
+        }
+    registry = registry or testing_registry()
+    loaded = load_config(yaml.safe_dump(data), registry, source="<test>", environ=environ)
+    service = Service(loaded, registry, clock=clock)
+    await service.start()
+    try:
+        yield RunningPipeline(service)
+    finally:
+        await service.stop(drain_timeout)

@@ -1,0 +1,467 @@
+"""DurableQueue: behaviour a user of the collector would notice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from collector.errors import BackpressureError
+from collector.queue import BatchQueue, QueueItem
+from collector.queue.sqlite import DurableQueue
+
+TABLE = "ack_queue_queue"  # persist-queue's table for name="queue"
+
+
+@pytest.fixture
+def make_queue(tmp_path: Path) -> Iterator[Any]:
+    """Open queues in tmp_path/q and close them all at the end."""
+    opened: list[DurableQueue] = []
+
+    def make(**kwargs: Any) -> DurableQueue:
+        queue = DurableQueue(tmp_path / "q", **kwargs)
+        queue.open()
+        opened.append(queue)
+        return queue
+
+    yield make
+    for queue in opened:
+        queue.close()
+
+
+def rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Query the database with a connection of our own (sees only commits)."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def drain(queue: DurableQueue) -> list[QueueItem]:
+    items = []
+    while (item := queue.get(0)) is not None:
+        items.append(item)
+        queue.ack(item.id)
+    return items
+
+
+def events_of(items: list[QueueItem]) -> list[dict[str, Any]]:
+    return [event for item in items for event in item.events]
+
+
+async def test_put_get_ack_round_trip(make_queue: Any) -> None:
+    queue = make_queue()
+    assert isinstance(queue, BatchQueue)
+    before = time.time()
+    await queue.put([{"id": "a", "value": 1}, {"id": "b", "value": 2.5}])
+
+    stats = queue.stats()
+    assert (stats.items, stats.events, stats.refusing) == (1, 2, False)
+    item = queue.get(1.0)
+    assert item is not None
+    assert item.events == [{"id": "a", "value": 1}, {"id": "b", "value": 2.5}]
+    assert before <= item.enqueued_at <= time.time()
+    assert item.size_bytes == stats.bytes > 0
+    assert queue.get(0) is None  # claimed: not handed out twice
+
+    queue.ack(item.id)
+    stats = queue.stats()
+    assert (stats.items, stats.events, stats.bytes, stats.oldest_age_s) == (0, 0, 0, 0.0)
+    await queue.put([])  # nothing to commit
+    assert queue.stats().items == 0
+
+
+async def test_get_waits_for_a_put(make_queue: Any) -> None:
+    queue = make_queue()
+    got: list[QueueItem | None] = []
+    sender = threading.Thread(target=lambda: got.append(queue.get(5.0)))
+    sender.start()
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await queue.put([{"n": 1}])
+    await asyncio.to_thread(sender.join)
+    assert got[0] is not None and got[0].events == [{"n": 1}]
+    assert time.monotonic() - started < 1.0  # woken, not polled every 10 s
+    assert queue.get(0.05) is None  # times out empty
+
+
+async def test_group_commit_answers_each_producer_after_its_commit(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=20)
+    db = queue.db_path
+    committed_on_return: list[bool] = []
+
+    async def producer(i: int) -> None:
+        await queue.put([{"producer": f"p-{i}"}])
+        # Another connection sees only committed data.
+        found = rows(
+            db, f"SELECT count(*) FROM {TABLE} WHERE instr(data, ?) > 0", f'"p-{i}"'.encode()
+        )
+        committed_on_return.append(found[0][0] == 1)
+
+    await asyncio.gather(*(producer(i) for i in range(50)))
+
+    assert committed_on_return == [True] * 50
+    items = drain(queue)
+    assert len(items) <= 5  # one fsync per group, not per put
+    assert sorted(e["producer"] for e in events_of(items)) == sorted(f"p-{i}" for i in range(50))
+
+
+async def test_group_is_capped_by_commit_max_events(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=50, commit_max_events=10)
+    await asyncio.gather(*(queue.put([{"b": b, "i": i} for i in range(4)]) for b in range(6)))
+    items = drain(queue)
+    assert all(len(item.events) <= 10 for item in items)
+    assert len(events_of(items)) == 24
+
+
+async def test_producers_on_different_loops(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=20)
+
+    def produce_on_own_loop(tag: str) -> None:
+        async def run() -> None:
+            await asyncio.gather(*(queue.put([{"tag": tag, "i": i}]) for i in range(5)))
+
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=produce_on_own_loop, args=(t,)) for t in "xy"]
+    for thread in threads:
+        thread.start()
+    await queue.put([{"tag": "main"}])
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 10)
+    assert sorted(e["tag"] for e in events_of(drain(queue))) == ["main"] + ["x"] * 5 + ["y"] * 5
+
+
+async def test_items_and_stats_survive_close_and_reopen(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path / "q")
+    queue.open()
+    await queue.put([{"k": 1}])
+    await queue.put([{"k": 2}, {"k": 3}])
+    before = queue.stats()
+    queue.close()
+
+    queue = DurableQueue(tmp_path / "q")
+    queue.open()
+    try:
+        after = queue.stats()
+        assert (after.items, after.events, after.bytes) == (
+            before.items,
+            before.events,
+            before.bytes,
+        )
+        assert after.oldest_age_s > 0
+        assert events_of(drain(queue)) == [{"k": 1}, {"k": 2}, {"k": 3}]
+    finally:
+        queue.close()
+
+
+async def test_claimed_but_unacked_items_come_back_after_reopen(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path / "q", commit_wait_ms=0)
+    queue.open()
+    await queue.put([{"k": 1}])
+    await queue.put([{"k": 2}])
+    first = queue.get(1.0)
+    assert first is not None
+    queue.close()  # the sender never acked it
+
+    queue = DurableQueue(tmp_path / "q")
+    queue.open()
+    try:
+        assert queue.stats().items == 2
+        again = queue.get(1.0)
+        assert again is not None and (again.id, again.events) == (first.id, [{"k": 1}])
+    finally:
+        queue.close()
+
+
+CRASHING_PRODUCER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from collector.queue.sqlite import DurableQueue
+
+    queue = DurableQueue(Path(sys.argv[1]))
+    queue.open()
+    asyncio.run(queue.put([{"claimed": True}]))
+    assert queue.get(1.0) is not None          # claimed, never acked
+    asyncio.run(queue.put([{"committed": True}]))
+    print("returned", flush=True)
+    time.sleep(60)                             # killed here
+    """
+)
+
+
+def test_put_that_returned_survives_sigkill(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_PRODUCER, str(tmp_path / "q")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "returned"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+
+    queue = DurableQueue(tmp_path / "q")
+    queue.open()
+    try:
+        assert events_of(drain(queue)) == [{"claimed": True}, {"committed": True}]
+    finally:
+        queue.close()
+
+
+async def test_release_hands_the_item_out_again_first(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=0)
+    await queue.put([{"k": 1}])
+    await queue.put([{"k": 2}])
+    first = queue.get(1.0)
+    assert first is not None
+    queue.release(first.id)
+    again = queue.get(1.0)
+    assert again is not None and (again.id, again.events) == (first.id, first.events)
+    queue.ack(again.id)
+    queue.release(again.id)  # already acked: ignored, not resurrected
+    assert events_of(drain(queue)) == [{"k": 2}]
+    assert queue.stats().items == 0
+
+
+async def test_max_bytes_refuses_before_writing_and_resumes_after_acks(make_queue: Any) -> None:
+    queue = make_queue(max_bytes=5000, commit_wait_ms=0)
+    batch = [{"pad": "x" * 900}]
+    accepted = 0
+    with pytest.raises(BackpressureError) as refused:
+        for _ in range(10):
+            await queue.put(batch)
+            accepted += 1
+    assert refused.value.retry_after is not None and refused.value.retry_after > 0
+    stats = queue.stats()
+    assert stats.refusing and stats.items == accepted and stats.bytes <= 5000
+    assert accepted >= 3
+    with pytest.raises(BackpressureError):  # still refusing: nothing was acked
+        await queue.put([{"small": 1}])
+    assert queue.stats().items == accepted  # the refused batches were not written
+
+    for _ in range(2):  # the sender keeps draining; acks free room
+        item = queue.get(1.0)
+        assert item is not None
+        queue.ack(item.id)
+    assert not queue.stats().refusing
+    await queue.put([{"after": 1}])
+    assert len(events_of(drain(queue))) == accepted - 2 + 1
+
+
+async def test_batch_larger_than_max_bytes_is_refused(make_queue: Any) -> None:
+    queue = make_queue(max_bytes=1000, commit_wait_ms=0)
+    with pytest.raises(BackpressureError):
+        await queue.put([{"pad": "x" * 2000}])
+    assert queue.stats().items == 0
+    await queue.put([{"small": 1}])  # a batch that fits still goes in
+    assert queue.stats().items == 1
+
+
+async def test_acked_rows_are_deleted_from_the_table(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=0)
+    db = queue.db_path
+    for i in range(100):
+        await queue.put([{"i": i}])
+    for _ in range(100):
+        item = queue.get(1.0)
+        assert item is not None
+        queue.ack(item.id)
+        # Never more than a few dozen acked rows: get() would scan past them.
+        assert rows(db, f"SELECT count(*) FROM {TABLE} WHERE status = 5")[0][0] <= 32
+    assert queue.get(0) is None  # the caught-up sender clears the rest
+    assert rows(db, f"SELECT count(*) FROM {TABLE}")[0][0] == 0
+
+    # The status index must not turn get()'s oldest-first select into a sort.
+    plan = rows(db, f"EXPLAIN QUERY PLAN {queue._pq._sql_select(0)}")
+    assert "PRIMARY KEY" in str(plan)
+
+
+@pytest.mark.parametrize(("durability", "expected"), [("full", 2), ("relaxed", 1)])
+async def test_synchronous_pragma_applies_to_the_write_connection(
+    make_queue: Any, durability: str, expected: int
+) -> None:
+    queue = make_queue(durability=durability)
+    await queue.put([{"k": 1}])
+    # persist-queue writes through _putter and reads through _getter.
+    for conn in (queue._pq.writer, queue._pq.reader):
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == expected
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def insert_raw(db: Path, data: bytes) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, 0)", (data, time.time())
+        )
+    conn.close()
+
+
+async def test_unreadable_items_are_quarantined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = DurableQueue(tmp_path / "q", commit_wait_ms=0)
+    queue.open()
+    await queue.put([{"k": "before"}])
+    queue.close()
+    garbage = b"\x00\xffnot json at all"
+    broken_body = b'{"t":1700000000.5,"n":1,"e":[{"k":'  # truncated
+    insert_raw(queue.db_path, garbage)
+    insert_raw(queue.db_path, broken_body)
+
+    caplog.set_level(logging.ERROR, logger="collector.queue")
+    queue.open()
+    try:
+        await queue.put([{"k": "after"}])
+        # The header check at open() catches the garbage, get() the broken body.
+        assert events_of(drain(queue)) == [{"k": "before"}, {"k": "after"}]
+        stats = queue.stats()
+        assert (stats.quarantined, stats.items) == (2, 0)
+    finally:
+        queue.close()
+    quarantined = sorted(p.read_bytes() for p in (tmp_path / "q" / "quarantine").iterdir())
+    assert quarantined == sorted([garbage, broken_body])
+    assert sum("quarantined" in r.getMessage() for r in caplog.records) == 2
+    assert rows(queue.db_path, f"SELECT count(*) FROM {TABLE}")[0][0] == 0
+
+
+def damage_not_a_database(db: Path) -> None:
+    db.write_bytes(b"this is not an SQLite database" * 200)
+
+
+def damage_pages(db: Path) -> None:
+    """A real database whose table pages are overwritten: 'malformed'."""
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute(
+            f"CREATE TABLE {TABLE} (_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " data BLOB, timestamp FLOAT, status INTEGER)"
+        )
+        for _ in range(50):
+            conn.execute(
+                f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, 0, 1)", (b"x" * 3000,)
+            )
+    conn.close()
+    with open(db, "r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\xde\xad\xbe\xef" * 4096)
+
+
+@pytest.mark.parametrize("damage", [damage_not_a_database, damage_pages])
+async def test_damaged_database_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Any
+) -> None:
+    directory = tmp_path / "q"
+    directory.mkdir()
+    damage(directory / "queue.db")
+    original = (directory / "queue.db").read_bytes()
+
+    caplog.set_level(logging.ERROR, logger="collector.queue")
+    queue = DurableQueue(directory)
+    queue.open()
+    try:
+        assert queue.databases_moved_aside == 1
+        [aside] = directory.glob("queue.db.corrupt-*")
+        # Kept for a post-mortem (SQLite may have rewritten the 100-byte header).
+        assert aside.read_bytes()[100:] == original[100:]
+        assert any("damaged" in r.getMessage() for r in caplog.records)
+        await queue.put([{"k": 1}])
+        assert events_of(drain(queue)) == [{"k": 1}]
+    finally:
+        queue.close()
+
+
+async def test_disk_full_refuses_then_recovers(
+    make_queue: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_queue(commit_wait_ms=20)
+    queue.disk_full_retry_s = 0.2  # 1 s by default
+    await queue.put([{"k": "kept"}])
+    writes: list[bytes] = []
+
+    def disk_full(*record: Any) -> int:
+        writes.append(record[0])
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(queue._pq, "_insert_into", disk_full)
+    results = await asyncio.gather(
+        *(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True
+    )
+    assert len(writes) == 1  # one group, one failed commit
+    assert all(isinstance(r, BackpressureError) and "disk full" in str(r) for r in results)
+    assert queue.stats().refusing
+    with pytest.raises(BackpressureError) as refused:  # refused without a write
+        await queue.put([{"k": "refused"}])
+    assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 0.2
+    assert len(writes) == 1
+
+    monkeypatch.undo()  # space is back
+    await asyncio.sleep(0.25)
+    await queue.put([{"k": "recovered"}])
+    assert not queue.stats().refusing
+    assert events_of(drain(queue)) == [{"k": "kept"}, {"k": "recovered"}]
+
+
+async def test_other_commit_errors_reach_every_producer_of_the_group(
+    make_queue: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_queue(commit_wait_ms=20)
+
+    def io_error(*record: Any) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(queue._pq, "_insert_into", io_error)
+    results = await asyncio.gather(
+        *(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [sqlite3.OperationalError] * 3
+    assert not queue.stats().refusing
+    monkeypatch.undo()
+    await queue.put([{"k": "next"}])
+    assert events_of(drain(queue)) == [{"k": "next"}]
+
+
+async def test_unserialisable_batch_fails_alone(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=20)
+    results = await asyncio.gather(
+        queue.put([{"ok": 1}]), queue.put([{"bad": object()}]), return_exceptions=True
+    )
+    assert results[0] is None and isinstance(results[1], TypeError)
+    assert events_of(drain(queue)) == [{"ok": 1}]
+
+
+async def test_put_requires_open_and_close_finishes_pending(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path / "q", commit_wait_ms=200)
+    with pytest.raises(RuntimeError):
+        await queue.put([{"k": 1}])
+    queue.open()
+    put = asyncio.ensure_future(queue.put([{"k": 1}]))
+    await asyncio.sleep(0.01)  # waiting in the writer's gathering window
+    await asyncio.to_thread(queue.close)
+    await put  # committed by close(), not dropped
+    queue.open()
+    try:
+        assert events_of(drain(queue)) == [{"k": 1}]
+    finally:
+        queue.close()
