@@ -105,19 +105,25 @@ class DeadLetterStore:
                 ).fetchall()
         return [DeadLetter(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5])) for r in rows]
 
+    def max_id(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM dead_letters").fetchone()[0])
+
     def iter_all(self, chunk: int = 500, ids: Iterable[int] | None = None) -> Iterator[list[DeadLetter]]:
+        """Entries in id order, in chunks.  Only those present when iteration
+        starts: a replay that dead-letters an event again must not see it twice."""
         if ids is not None:
             wanted = list(ids)
             for i in range(0, len(wanted), chunk):
                 yield self.list(ids=wanted[i : i + chunk])
             return
-        last = 0
+        last, upto = 0, self.max_id()
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT id, created, reason, status, body, event FROM dead_letters WHERE id > ? "
+                    "SELECT id, created, reason, status, body, event FROM dead_letters WHERE id > ? AND id <= ? "
                     "ORDER BY id LIMIT ?",
-                    (last, chunk),
+                    (last, upto, chunk),
                 ).fetchall()
             if not rows:
                 return

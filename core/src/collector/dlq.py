@@ -107,7 +107,9 @@ async def _replay(
     assert isinstance(exporter, Exporter)
     queue = MemoryQueue(max_bytes=1 << 40)
     # Re-rejected events land in the same store with their new reason.
-    runner = ExporterRunner(eid, exporter, cc.config, queue, _store(loaded, eid), telemetry.metrics)  # type: ignore[arg-type]
+    # A replay has everything at hand: send as soon as a batch is formed.
+    config = cc.config.model_copy(update={"batch": cc.config.batch.model_copy(update={"period": 0.0})})  # type: ignore[attr-defined]
+    runner = ExporterRunner(eid, exporter, config, queue, _store(loaded, eid), telemetry.metrics)
     await runner.start()
     deadline = time.monotonic() + args.timeout
     done = 0

@@ -41,6 +41,10 @@ class Metrics:
     """Every metric the core records, on one registry."""
 
     def __init__(self) -> None:
+        # The *_created series double the output and no dashboard uses them.
+        from prometheus_client import disable_created_metrics
+
+        disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=True)
         # -- seed names, from the product documentation ---------------------
         self.batch_created = Counter("batch_created", "Request batches formed by senders.", ["exporter"], registry=r)
