@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
 from collector.components import Processor
 from collector.errors import BackpressureError, PermanentError, RecordError
 from collector.hookspecs import hookimpl
 from collector.specs import ComponentSpec
 from collector.testing import testing_registry
-from pydantic import BaseModel, ConfigDict, Field
 
 
 def ev(i: int, subject: str = "cust-1") -> dict:
