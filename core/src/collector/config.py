@@ -317,8 +317,8 @@ def _check_pipelines(raw: CollectorConfig, warnings: list[str]) -> Iterator[Conf
                         f"{path}.{section}[{i}]",
                     )
                 used[section].add(cid)
-    for section, ids in used.items():
-        for cid in sorted(set(getattr(raw, section)) - ids):
+    for section, used_ids in used.items():
+        for cid in sorted(set(getattr(raw, section)) - used_ids):
             warnings.append(f"{section}.{cid} is defined but no pipeline uses it; it will not run")
     coord = raw.service.coordinator
     if coord is not None and coord not in raw.coordinators:

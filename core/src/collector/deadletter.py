@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+import builtins
 from typing import Any
 
 import orjson
@@ -88,7 +89,7 @@ class DeadLetterStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
 
-    def list(self, limit: int = 100, offset: int = 0, ids: Iterable[int] | None = None) -> list[DeadLetter]:
+    def list(self, limit: int = 100, offset: int = 0, ids: Iterable[int] | None = None) -> builtins.list[DeadLetter]:
         with self._lock:
             if ids is not None:
                 wanted = list(ids)
@@ -109,7 +110,7 @@ class DeadLetterStore:
         with self._lock:
             return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM dead_letters").fetchone()[0])
 
-    def iter_all(self, chunk: int = 500, ids: Iterable[int] | None = None) -> Iterator[list[DeadLetter]]:
+    def iter_all(self, chunk: int = 500, ids: Iterable[int] | None = None) -> Iterator[builtins.list[DeadLetter]]:
         """Entries in id order, in chunks.  Only those present when iteration
         starts: a replay that dead-letters an event again must not see it twice."""
         if ids is not None:

@@ -88,7 +88,7 @@ async def _replay(
 ) -> int:
     from tqdm import tqdm
 
-    from collector.components import ComponentContext, Exporter
+    from collector.components import ComponentContext, Exporter, ExporterConfig
     from collector.delivery import ExporterRunner
     from collector.queue.memory import MemoryQueue
     from collector.service import exporter_dir
@@ -108,7 +108,8 @@ async def _replay(
     queue = MemoryQueue(max_bytes=1 << 40)
     # Re-rejected events land in the same store with their new reason.
     # A replay has everything at hand: send as soon as a batch is formed.
-    config = cc.config.model_copy(update={"batch": cc.config.batch.model_copy(update={"period": 0.0})})  # type: ignore[attr-defined]
+    assert isinstance(cc.config, ExporterConfig)
+    config = cc.config.model_copy(update={"batch": cc.config.batch.model_copy(update={"period": 0.0})})
     runner = ExporterRunner(eid, exporter, config, queue, _store(loaded, eid), telemetry.metrics)
     await runner.start()
     deadline = time.monotonic() + args.timeout

@@ -21,7 +21,9 @@ SECTION: dict[str, str] = {
     "coordinator": "coordinators",
 }
 
-Factory = Callable[["ComponentContext", Any], "Component"]
+Factory = Callable[["ComponentContext", Any], "Component[Any]"]
+# An alias, because inside ComponentSpec the field named ``type`` shadows the builtin.
+ModelType = type[BaseModel]
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class ComponentSpec:
 
     kind: ComponentKind
     type: str
-    config_model: type[BaseModel]
+    config_model: ModelType
     factory: Factory
     description: str = ""
 
