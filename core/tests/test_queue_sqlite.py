@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from collector.errors import BackpressureError
 from collector.queue import BatchQueue, QueueItem
 from collector.queue.sqlite import DurableQueue
@@ -97,6 +98,29 @@ async def test_get_waits_for_a_put(make_queue: Any) -> None:
     assert queue.get(0.05) is None  # times out empty
 
 
+async def test_put_does_not_block_the_event_loop(make_queue: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue = make_queue()
+    real_insert = queue._pq._insert_into
+
+    def slow_insert(*record: Any) -> int:
+        time.sleep(0.3)  # a slow disk
+        return real_insert(*record)
+
+    monkeypatch.setattr(queue._pq, "_insert_into", slow_insert)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(ticker())
+    await queue.put([{"k": 1}])
+    ticking.cancel()
+    assert ticks >= 10  # the loop kept running during the 0.3 s commit
+
+
 async def test_group_commit_answers_each_producer_after_its_commit(make_queue: Any) -> None:
     queue = make_queue(commit_wait_ms=20)
     db = queue.db_path
@@ -105,9 +129,7 @@ async def test_group_commit_answers_each_producer_after_its_commit(make_queue: A
     async def producer(i: int) -> None:
         await queue.put([{"producer": f"p-{i}"}])
         # Another connection sees only committed data.
-        found = rows(
-            db, f"SELECT count(*) FROM {TABLE} WHERE instr(data, ?) > 0", f'"p-{i}"'.encode()
-        )
+        found = rows(db, f"SELECT count(*) FROM {TABLE} WHERE instr(data, ?) > 0", f'"p-{i}"'.encode())
         committed_on_return.append(found[0][0] == 1)
 
     await asyncio.gather(*(producer(i) for i in range(50)))
@@ -142,6 +164,41 @@ async def test_producers_on_different_loops(make_queue: Any) -> None:
     for thread in threads:
         await asyncio.to_thread(thread.join, 10)
     assert sorted(e["tag"] for e in events_of(drain(queue))) == ["main"] + ["x"] * 5 + ["y"] * 5
+
+
+async def test_concurrent_producers_and_sender_lose_nothing(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=1, commit_max_events=50)
+    received: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def sender() -> None:  # releases every 5th item once, as a shutdown would
+        seen: set[int] = set()
+        while not (done.is_set() and queue.stats().items == 0):
+            item = queue.get(0.05)
+            if item is None:
+                continue
+            if item.id % 5 == 0 and item.id not in seen:
+                seen.add(item.id)
+                queue.release(item.id)
+                continue
+            received.extend(item.events)
+            queue.ack(item.id)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+
+    async def producer(p: int) -> None:
+        for i in range(20):
+            await queue.put([{"p": p, "i": i, "j": j} for j in range(3)])
+
+    await asyncio.gather(*(producer(p) for p in range(20)))
+    done.set()
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
+    keys = sorted((e["p"], e["i"], e["j"]) for e in received)
+    assert keys == sorted((p, i, j) for p in range(20) for i in range(20) for j in range(3))
+    stats = queue.stats()
+    assert (stats.items, stats.events, stats.bytes) == (0, 0, 0)
 
 
 async def test_items_and_stats_survive_close_and_reopen(tmp_path: Path) -> None:
@@ -268,12 +325,15 @@ async def test_max_bytes_refuses_before_writing_and_resumes_after_acks(make_queu
     assert len(events_of(drain(queue))) == accepted - 2 + 1
 
 
-async def test_batch_larger_than_max_bytes_is_refused(make_queue: Any) -> None:
+async def test_batch_larger_than_max_bytes_waits_for_an_empty_queue(make_queue: Any) -> None:
     queue = make_queue(max_bytes=1000, commit_wait_ms=0)
+    await queue.put([{"small": 1}])
     with pytest.raises(BackpressureError):
         await queue.put([{"pad": "x" * 2000}])
-    assert queue.stats().items == 0
-    await queue.put([{"small": 1}])  # a batch that fits still goes in
+    assert queue.stats().items == 1
+    assert len(drain(queue)) == 1
+    # Into an empty queue it goes (as with MemoryQueue): never refused forever.
+    await queue.put([{"pad": "x" * 2000}])
     assert queue.stats().items == 1
 
 
@@ -311,15 +371,11 @@ async def test_synchronous_pragma_applies_to_the_write_connection(
 def insert_raw(db: Path, data: bytes) -> None:
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute(
-            f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, 0)", (data, time.time())
-        )
+        conn.execute(f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, 0)", (data, time.time()))
     conn.close()
 
 
-async def test_unreadable_items_are_quarantined(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_unreadable_items_are_quarantined(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     queue = DurableQueue(tmp_path / "q", commit_wait_ms=0)
     queue.open()
     await queue.put([{"k": "before"}])
@@ -355,13 +411,10 @@ def damage_pages(db: Path) -> None:
     with conn:
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute(
-            f"CREATE TABLE {TABLE} (_id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " data BLOB, timestamp FLOAT, status INTEGER)"
+            f"CREATE TABLE {TABLE} (_id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB, timestamp FLOAT, status INTEGER)"
         )
         for _ in range(50):
-            conn.execute(
-                f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, 0, 1)", (b"x" * 3000,)
-            )
+            conn.execute(f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, 0, 1)", (b"x" * 3000,))
     conn.close()
     with open(db, "r+b") as handle:
         handle.seek(4096)
@@ -369,9 +422,7 @@ def damage_pages(db: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [damage_not_a_database, damage_pages])
-async def test_damaged_database_is_moved_aside(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Any
-) -> None:
+async def test_damaged_database_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Any) -> None:
     directory = tmp_path / "q"
     directory.mkdir()
     damage(directory / "queue.db")
@@ -392,9 +443,7 @@ async def test_damaged_database_is_moved_aside(
         queue.close()
 
 
-async def test_disk_full_refuses_then_recovers(
-    make_queue: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_disk_full_refuses_then_recovers(make_queue: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     queue = make_queue(commit_wait_ms=20)
     queue.disk_full_retry_s = 0.2  # 1 s by default
     await queue.put([{"k": "kept"}])
@@ -405,9 +454,7 @@ async def test_disk_full_refuses_then_recovers(
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(queue._pq, "_insert_into", disk_full)
-    results = await asyncio.gather(
-        *(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True)
     assert len(writes) == 1  # one group, one failed commit
     assert all(isinstance(r, BackpressureError) and "disk full" in str(r) for r in results)
     assert queue.stats().refusing
@@ -432,9 +479,7 @@ async def test_other_commit_errors_reach_every_producer_of_the_group(
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(queue._pq, "_insert_into", io_error)
-    results = await asyncio.gather(
-        *(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True)
     assert [type(r) for r in results] == [sqlite3.OperationalError] * 3
     assert not queue.stats().refusing
     monkeypatch.undo()
@@ -444,9 +489,7 @@ async def test_other_commit_errors_reach_every_producer_of_the_group(
 
 async def test_unserialisable_batch_fails_alone(make_queue: Any) -> None:
     queue = make_queue(commit_wait_ms=20)
-    results = await asyncio.gather(
-        queue.put([{"ok": 1}]), queue.put([{"bad": object()}]), return_exceptions=True
-    )
+    results = await asyncio.gather(queue.put([{"ok": 1}]), queue.put([{"bad": object()}]), return_exceptions=True)
     assert results[0] is None and isinstance(results[1], TypeError)
     assert events_of(drain(queue)) == [{"ok": 1}]
 
@@ -460,6 +503,8 @@ async def test_put_requires_open_and_close_finishes_pending(tmp_path: Path) -> N
     await asyncio.sleep(0.01)  # waiting in the writer's gathering window
     await asyncio.to_thread(queue.close)
     await put  # committed by close(), not dropped
+    with pytest.raises(BackpressureError):  # receivers answer 503 while stopping
+        await queue.put([{"k": 2}])
     queue.open()
     try:
         assert events_of(drain(queue)) == [{"k": 1}]

@@ -137,18 +137,53 @@ class Receiver(Component[ConfigT]):
         await self.next.consume(events, meta)
 
 
+@dataclass
+class Batch:
+    """Events on their way through a pipeline, with where each came from.
+
+    ``origins[i]`` is the index, in the batch the receiver emitted, of the
+    record that ``events[i]`` came from (None when unknown, e.g. after an
+    aggregation), so that an error found by a later processor or by the final
+    validation names the record the client sent.
+    """
+
+    events: list[Event]
+    origins: list[int | None]
+
+    @classmethod
+    def of(cls, events: list[Event]) -> Batch:
+        return cls(events, list(range(len(events))))
+
+    def origin(self, index: int) -> int:
+        """The receiver-side index for an index into ``events`` (itself when unknown)."""
+        if 0 <= index < len(self.origins):
+            found = self.origins[index]
+            return index if found is None else found
+        return index
+
+
 class Processor(Component[ConfigT]):
-    """Transforms a batch before it is queued (so the queue holds what is sent)."""
+    """Transforms a batch before it is queued (so the queue holds what is sent).
+
+    Simple processors override :meth:`process`.  Processors that drop or
+    reorder records override :meth:`process_batch` to keep ``origins`` right.
+    """
 
     kind = "processor"
 
     async def process(self, events: list[Event], meta: Meta) -> list[Event]:
         """Return the events to pass on.
 
-        Raise :class:`~collector.errors.PermanentError` with ``records`` to
-        reject the batch; the receiver's client is told which records.
+        Raise :class:`~collector.errors.PermanentError` with ``records`` (indexes
+        into ``events``) to reject the batch; the client is told which records.
         """
         raise NotImplementedError
+
+    async def process_batch(self, batch: Batch, meta: Meta) -> Batch:
+        out = await self.process(batch.events, meta)
+        if len(out) == len(batch.events):
+            return Batch(out, batch.origins)
+        return Batch(out, [None] * len(out))
 
 
 class Exporter(Component[ConfigT]):

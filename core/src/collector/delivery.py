@@ -337,7 +337,24 @@ class ExporterRunner:
         self.stats.in_flight_events -= len(pairs)
         for item_id in done:
             self._trackers.pop(item_id, None)
-            await self._io_call(self.queue.ack, item_id)
+            await self._ack(item_id)
+
+    async def _ack(self, item_id: int) -> None:
+        """Acknowledge, retrying storage errors (a full disk): an unacknowledged
+        item would be sent again after a restart, never lost."""
+        delay = 0.1
+        while True:
+            try:
+                await self._io_call(self.queue.ack, item_id)
+                return
+            except Exception as exc:
+                if self._stopping:
+                    log.warning("exporter %s: ack of queue item %d failed at shutdown (%s); it will be "
+                                "sent again after restart", self.id, item_id, exc)
+                    return
+                log.warning("exporter %s: ack of queue item %d failed (%s); retrying", self.id, item_id, exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _dead_letter(self, pairs: list[_Pending], reason: str, status: int | None, body: str | None) -> None:
         await self._io_call(lambda: self.deadletters.add([p.event for p in pairs], reason, status=status, body=body))

@@ -7,27 +7,57 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collector.components import Event, Meta, Processor
+from collector.cloudevents import validate_events
+from collector.components import Batch, Event, Meta, Processor
 from collector.delivery import ExporterRunner
-from collector.errors import BackpressureError, PermanentError
+from collector.errors import BackpressureError, PermanentError, RecordError
 from collector.telemetry import Metrics
+
+# Receivers that validated CloudEvents themselves say so in the metadata, so
+# a pipeline without processors does not validate the same events twice.
+VALIDATED = "validated"
 
 
 @dataclass
 class Pipeline:
-    """Processors applied in order, then every exporter's queue."""
+    """Processors applied in order, then validation, then every exporter's queue."""
 
     name: str
     processors: Sequence[Processor[Any]]
     exporters: Sequence[ExporterRunner]
 
     async def prepare(self, events: list[Event], meta: Meta) -> list[Event]:
+        """Run the processors and validate the result against OpenMeter's rules.
+
+        Errors name the record the receiver emitted (``Batch.origins``), so a
+        client posting raw JSON is told which of *its* records failed.
+        """
         meta = {**meta, "pipeline": self.name}
+        batch = Batch.of(events)
         for processor in self.processors:
-            if not events:
+            if not batch.events:
                 break
-            events = await processor.process(events, meta)
-        return events
+            before = batch
+            try:
+                batch = await processor.process_batch(batch, meta)
+            except PermanentError as exc:
+                exc.records = [_remap(before, r) for r in exc.records]
+                raise
+        if batch.events and (self.processors or not meta.get(VALIDATED)):
+            errors = validate_events(batch.events)
+            if errors:
+                remapped = [_remap(batch, e) for e in errors]
+                first = remapped[0]
+                raise PermanentError(
+                    f"{len(errors)} event(s) do not satisfy OpenMeter's rules after pipeline {self.name!r}; "
+                    f"record {first.index}: {first.message}",
+                    records=remapped,
+                )
+        return batch.events
+
+
+def _remap(batch: Batch, error: RecordError) -> RecordError:
+    return RecordError(batch.origin(error.index), error.message, error.field)
 
 
 class ReceiverFanout:

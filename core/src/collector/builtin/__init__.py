@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from collector.hookspecs import hookimpl
-from collector.specs import ComponentSpec
+from collector.specs import ComponentSpec, FunctionSpec
 
 
 def _http_receiver(ctx: Any, cfg: Any) -> Any:
@@ -88,3 +88,10 @@ def collector_coordinators() -> list[ComponentSpec]:
             description="This replica always leads (the default).",
         )
     ]
+
+
+@hookimpl
+def collector_functions() -> list[FunctionSpec]:
+    from collector.functions import function_specs
+
+    return function_specs()

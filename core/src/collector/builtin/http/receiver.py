@@ -32,6 +32,7 @@ from collector.cloudevents import IntakeError, fill_defaults, parse_events, prob
 from collector.components import Receiver
 from collector.config import parse_endpoint
 from collector.errors import BackpressureError, ConfigError, PermanentError, RecordError
+from collector.pipeline import VALIDATED
 
 V1_PATH = "/api/v1/events"
 V3_PATH = "/api/v3/openmeter/events"
@@ -173,10 +174,18 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         except web.HTTPRequestEntityTooLarge:
             return self._answer(self._too_large(None))
         except TimeoutError:
-            return self._answer(
+            return await self._answer_and_close(
+                request,
                 problem_response(
                     408, "Request Timeout", f"the body did not arrive within {self.config.read_timeout:g}s"
-                )
+                ),
+            )
+        except web.RequestPayloadError as exc:
+            # A broken chunked encoding or Content-Encoding (bad gzip): the
+            # client's fault, and the stream cannot be trusted any further.
+            reason = " ".join(str(exc).split()).removeprefix("400, message: ")[:200]
+            return await self._answer_and_close(
+                request, problem_response(400, "Bad Request", f"the request body could not be read: {reason}")
             )
         try:
             events = parse_events(body, request.headers.get("Content-Type"))
@@ -195,6 +204,8 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
             now = datetime.now(UTC)
             events = [fill_defaults(e, now=now) if isinstance(e, dict) else e for e in events]
         errors = validate_events(events)
+        if not self.config.fill_missing:
+            errors = _with_missing_time(errors, events)
         if errors:
             return self._answer(
                 problem_response(400, "Bad Request", _summary(errors, n), errors, events=events), n, "invalid"
@@ -214,7 +225,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         self._inflight += 1
         self._idle.clear()
         try:
-            await self.emit(events)
+            await self.emit(events, {VALIDATED: True})
         except PermanentError as exc:
             return self._answer(
                 problem_response(
@@ -244,8 +255,25 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
                 self._idle.set()
         return self._answer(web.Response(status=_SUCCESS[path]))
 
+    async def _answer_and_close(self, request: web.Request, response: web.Response) -> web.Response:
+        """Send ``response`` and drop the connection at once.
+
+        For a body that will not arrive (408) or cannot be parsed further:
+        ``Connection: close`` alone would still let aiohttp linger up to 10 s
+        reading the rest of the body, holding a stalled client's connection
+        (and a graceful shutdown) that long.
+        """
+        self._answer(response)
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()  # flushes what was written, then closes
+        return response
+
     def _authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates; encode
+        # them back the same way instead of failing with a 500.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         ok = False
         for token in self._tokens:  # compare with all, in constant time each
             ok |= hmac.compare_digest(given, token)
@@ -258,6 +286,23 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
             "Payload Too Large",
             f"{got} exceeds max_body_bytes={self.config.max_body_bytes}; split the batch into smaller requests",
         )
+
+
+def _with_missing_time(errors: list[RecordError], events: list[Any]) -> list[RecordError]:
+    """``errors`` plus one for each event without ``time`` (fill_missing off), in index order."""
+    missing = [
+        RecordError(
+            i,
+            "time is required: this receiver does not fill in the arrival time (fill_missing is false); "
+            'send an RFC 3339 timestamp such as "2024-05-01T12:00:00Z"',
+            "time",
+        )
+        for i, e in enumerate(events)
+        if isinstance(e, dict) and e.get("time") is None
+    ]
+    if not missing:
+        return errors
+    return sorted(errors + missing, key=lambda err: err.index)
 
 
 def _summary(errors: list[RecordError], n: int) -> str:

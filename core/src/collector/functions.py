@@ -1,0 +1,228 @@
+"""The curated functions available to mapping expressions.
+
+They are registered through the ``collector_functions`` hook by the built-in
+plugin, like any plugin's functions.  Times are handled as RFC 3339 strings
+(UTC, ``Z``) because that is what a CloudEvent carries; ``unix_time`` gives
+seconds for arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from collector.cloudevents import format_time as _rfc3339
+from collector.cloudevents import stable_id
+from collector.specs import FunctionSpec
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
+}  # fmt: skip
+_ISO_DURATION = re.compile(
+    r"P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
+)
+
+
+def _to_datetime(value: Any, fmt: str | None = None) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a time")
+    if isinstance(value, int | float):
+        seconds = float(value)
+        if abs(seconds) > 1e14:  # microseconds
+            seconds /= 1e6
+        elif abs(seconds) > 1e11:  # milliseconds
+            seconds /= 1e3
+        return datetime.fromtimestamp(seconds, UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        if fmt:
+            dt = datetime.strptime(text, fmt)
+            return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+        if re.fullmatch(r"-?\d+(\.\d+)?", text):
+            return _to_datetime(float(text))
+        dt = datetime.fromisoformat(text.replace("z", "Z"))
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    raise TypeError(f"cannot read a time from {type(value).__name__}")
+
+
+def parse_time(value: Any, format: str | None = None) -> str | None:
+    """A time (RFC 3339/ISO 8601 string, epoch seconds/ms/µs, or ``format`` for strptime)
+    as an RFC 3339 UTC string. ``None`` stays ``None``."""
+    if value is None:
+        return None
+    return _rfc3339(_to_datetime(value, format).astimezone(UTC))
+
+
+def format_time(value: Any, format: str = "rfc3339") -> str | int | float | None:
+    """Format a time: ``rfc3339`` (default), ``unix`` (int seconds), ``unix_ms``, or a strftime pattern."""
+    if value is None:
+        return None
+    dt = _to_datetime(value).astimezone(UTC)
+    if format == "rfc3339":
+        return _rfc3339(dt)
+    if format == "unix":
+        return int(dt.timestamp())
+    if format == "unix_ms":
+        return int(dt.timestamp() * 1000)
+    return dt.strftime(format)
+
+
+def unix_time(value: Any) -> float | None:
+    """Seconds since the epoch, for arithmetic on times."""
+    return None if value is None else _to_datetime(value).timestamp()
+
+
+def now() -> str:
+    """The current time as an RFC 3339 UTC string (processing time: prefer the record's own)."""
+    return _rfc3339(datetime.now(UTC))
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds in a duration: ``1h30m``, ``500ms``, ``PT1H``, ``90`` (seconds) or a number."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        return float(text)
+    if text.startswith("P"):
+        m = _ISO_DURATION.fullmatch(text)
+        if m and any(m.groupdict().values()):
+            d, h, mi, s = (float(m.group(k) or 0) for k in "dhms")
+            return d * 86400 + h * 3600 + mi * 60 + s
+        raise ValueError(f"not an ISO 8601 duration: {text!r}")
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"not a duration: {text!r} (use forms like 1h30m, 500ms, PT1H)")
+    return total
+
+
+def coalesce(*values: Any) -> Any:
+    """The first value that is not ``None``."""
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+def to_int(value: Any, default: Any = None) -> Any:
+    """``int`` of a number or numeric string (``"12"``, ``"1.9"`` -> 1), else ``default``."""
+    try:
+        return int(float(value)) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def to_float(value: Any, default: Any = None) -> Any:
+    """``float`` of a number or numeric string, else ``default``; NaN and infinity give ``default``."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if math.isfinite(out) else default
+
+
+def to_str(value: Any) -> str | None:
+    """``str`` of a value, ``None`` stays ``None``."""
+    return None if value is None else str(value)
+
+
+def lower(value: Any) -> str | None:
+    return None if value is None else str(value).lower()
+
+
+def upper(value: Any) -> str | None:
+    return None if value is None else str(value).upper()
+
+
+def trim(value: Any) -> str | None:
+    return None if value is None else str(value).strip()
+
+
+def split(value: Any, sep: str | None = None) -> list[str] | None:
+    return None if value is None else str(value).split(sep)
+
+
+def join(values: Any, sep: str = ",") -> str | None:
+    return None if values is None else sep.join(str(v) for v in values)
+
+
+def replace(value: Any, old: str, new: str) -> str | None:
+    return None if value is None else str(value).replace(old, new)
+
+
+def regex_match(value: Any, pattern: str) -> bool:
+    """Whether ``pattern`` matches anywhere in the value."""
+    return value is not None and re.search(pattern, str(value)) is not None
+
+
+def regex_replace(value: Any, pattern: str, repl: str) -> str | None:
+    return None if value is None else re.sub(pattern, repl, str(value))
+
+
+def get(obj: Any, path: str, default: Any = None) -> Any:
+    """A dotted path (``"a.b.0.c"``) into nested objects and lists, else ``default``."""
+    cur = obj
+    for part in path.split("."):
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and part.lstrip("-").isdigit():
+            i = int(part)
+            cur = cur[i] if -len(cur) <= i < len(cur) else None
+        else:
+            return default
+        if cur is None:
+            return default
+    return cur
+
+
+def uuid4() -> str:
+    """A random id. Prefer ``stable_id``: a random id double-bills on replay."""
+    return str(uuid.uuid4())
+
+
+_FUNCTIONS: dict[str, tuple[Callable[..., Any], str]] = {
+    "stable_id": (stable_id, "A deterministic UUIDv5 over the arguments: the same inputs give the same id."),
+    "uuid4": (uuid4, uuid4.__doc__ or ""),
+    "now": (now, now.__doc__ or ""),
+    "parse_time": (parse_time, parse_time.__doc__ or ""),
+    "format_time": (format_time, format_time.__doc__ or ""),
+    "unix_time": (unix_time, unix_time.__doc__ or ""),
+    "parse_duration": (parse_duration, parse_duration.__doc__ or ""),
+    "coalesce": (coalesce, coalesce.__doc__ or ""),
+    "to_int": (to_int, to_int.__doc__ or ""),
+    "to_float": (to_float, to_float.__doc__ or ""),
+    "to_str": (to_str, to_str.__doc__ or ""),
+    "lower": (lower, "Lower-case string; None stays None."),
+    "upper": (upper, "Upper-case string; None stays None."),
+    "trim": (trim, "String without surrounding white space; None stays None."),
+    "split": (split, "Split a string (on white space, or on sep)."),
+    "join": (join, "Join values into a string with sep (default ',')."),
+    "replace": (replace, "Replace every old with new in a string."),
+    "regex_match": (regex_match, regex_match.__doc__ or ""),
+    "regex_replace": (regex_replace, "Replace every match of pattern with repl."),
+    "get": (get, get.__doc__ or ""),
+}
+
+
+def function_specs() -> list[FunctionSpec]:
+    return [FunctionSpec(name, fn, " ".join(doc.split())) for name, (fn, doc) in _FUNCTIONS.items()]
+
+
+def builtin_functions() -> dict[str, Callable[..., Any]]:
+    return {name: fn for name, (fn, _) in _FUNCTIONS.items()}
