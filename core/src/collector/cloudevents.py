@@ -514,8 +514,13 @@ def stable_id(*parts: object) -> str:
     different inputs share an id.
     """
     canonical = orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha1(_NAMESPACE_BYTES + canonical, usedforsecurity=False).digest()
-    return str(uuid.UUID(bytes=digest[:16], version=5))
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + canonical, usedforsecurity=False).digest()[:16])
+    # What uuid.UUID(bytes=..., version=5) does, without building the object:
+    # it runs on every mapped record, and this is about twice as fast.
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def fill_defaults(event: dict[str, Any], *, now: datetime) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
@@ -170,6 +170,18 @@ class Processor(Component[ConfigT]):
     """
 
     kind = "processor"
+    _forward: Callable[[list[Event], Meta], Awaitable[None]] | None = None
+
+    def bind_forward(self, forward: Callable[[list[Event], Meta], Awaitable[None]]) -> None:
+        """Called by the pipeline: where :meth:`forward` sends events."""
+        self._forward = forward
+
+    async def forward(self, events: list[Event], meta: Meta | None = None) -> None:
+        """Send events down the rest of the pipeline outside a receiver's call
+        (e.g. when a window closes); returns once they are committed."""
+        if self._forward is None:
+            raise RuntimeError(f"processor {self.id} is not part of a running pipeline")
+        await self._forward(events, {"processor": self.id, **(meta or {})})
 
     async def process(self, events: list[Event], meta: Meta) -> list[Event]:
         """Return the events to pass on.

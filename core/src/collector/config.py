@@ -283,6 +283,15 @@ def validate_components(raw: CollectorConfig, registry: Registry) -> LoadedConfi
             except ValidationError as exc:
                 errors.extend(_pydantic_errors(exc, path))
                 continue
+            check = getattr(model, "check_with_registry", None)
+            if callable(check):
+                # Checks a model cannot do alone, e.g. compiling a mapping against
+                # the functions that plugins registered.
+                try:
+                    check(registry)
+                except ConfigError as exc:
+                    errors.append(ConfigError(exc.message, f"{path}.{exc.path}" if exc.path else path))
+                    continue
             components[(kind, cid)] = ComponentConfig(cid, kind, type_name, model)  # type: ignore[arg-type]
 
     errors.extend(_check_pipelines(raw, warnings))

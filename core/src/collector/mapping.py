@@ -221,3 +221,10 @@ def compile_expression(
     scope["__builtins__"] = {}  # nothing beyond what is in scope above
     function = eval(code, scope)  # noqa: S307  -- our own, checked AST
     return CompiledMapping(text, function, path)
+
+
+def registry_functions(registry: Any) -> dict[str, Callable[..., Any]] | None:
+    """The functions a registry offers (None: the curated set)."""
+    if registry is None:
+        return None
+    return {name: spec.func for name, spec in registry.functions().items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +26,29 @@ class Pipeline:
     processors: Sequence[Processor[Any]]
     exporters: Sequence[ExporterRunner]
 
-    async def prepare(self, events: list[Event], meta: Meta) -> list[Event]:
-        """Run the processors and validate the result against OpenMeter's rules.
+    def __post_init__(self) -> None:
+        # A processor that emits on its own schedule (aggregate closing a
+        # window) continues the pipeline from the processor after it.
+        for i, processor in enumerate(self.processors):
+            processor.bind_forward(self._forwarder(i + 1))
+
+    def _forwarder(self, start: int) -> Callable[[list[Event], Meta], Awaitable[None]]:
+        async def forward(events: list[Event], meta: Meta) -> None:
+            out = await self.prepare(events, meta, start=start)
+            if out:
+                await commit([(runner, out) for runner in self.exporters])
+
+        return forward
+
+    async def prepare(self, events: list[Event], meta: Meta, *, start: int = 0) -> list[Event]:
+        """Run the processors (from ``start``) and validate the result against OpenMeter's rules.
 
         Errors name the record the receiver emitted (``Batch.origins``), so a
         client posting raw JSON is told which of *its* records failed.
         """
         meta = {**meta, "pipeline": self.name}
         batch = Batch.of(events)
-        for processor in self.processors:
+        for processor in self.processors[start:]:
             if not batch.events:
                 break
             before = batch
@@ -58,6 +72,14 @@ class Pipeline:
 
 def _remap(batch: Batch, error: RecordError) -> RecordError:
     return RecordError(batch.origin(error.index), error.message, error.field)
+
+
+async def commit(targets: Sequence[tuple[ExporterRunner, list[Event]]]) -> None:
+    """Commit to every target queue: room is checked everywhere before anything is written."""
+    for runner, _ in targets:
+        runner.check_capacity()
+    if targets:
+        await asyncio.gather(*(runner.enqueue(out) for runner, out in targets))
 
 
 class ReceiverFanout:
@@ -88,10 +110,7 @@ class ReceiverFanout:
                 out = await pipeline.prepare(list(events), meta)
                 if out:
                     targets.extend((runner, out) for runner in pipeline.exporters)
-            for runner, _ in targets:
-                runner.check_capacity()
-            if targets:
-                await asyncio.gather(*(runner.enqueue(out) for runner, out in targets))
+            await commit(targets)
         except PermanentError:
             m.refused.labels(receiver=self.receiver_id, reason="invalid").inc(n)
             raise

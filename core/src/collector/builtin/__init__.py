@@ -52,6 +52,37 @@ def collector_receivers() -> list[ComponentSpec]:
     ]
 
 
+def _lazy(module: str, cls: str) -> Any:
+    """A factory that imports the implementation only when a config uses it."""
+
+    def factory(ctx: Any, cfg: Any) -> Any:
+        from importlib import import_module
+
+        return getattr(import_module(module), cls)(ctx, cfg)
+
+    factory.__qualname__ = f"lazy({module}.{cls})"
+    return factory
+
+
+# (type, config module, config class, implementation class, description)
+_PROCESSORS: list[tuple[str, str, str, str, str]] = [
+    ("mapping", "mapping", "MappingConfig", "MappingProcessor", "Turn any record into a CloudEvent with an expression."),
+    ("filter", "filter", "FilterConfig", "FilterProcessor", "Keep the records for which a condition holds."),
+]
+
+
+@hookimpl
+def collector_processors() -> list[ComponentSpec]:
+    from importlib import import_module
+
+    specs = []
+    for type_name, module, config_cls, impl_cls, description in _PROCESSORS:
+        mod = f"collector.builtin.processors.{module}"
+        config = getattr(import_module(mod), config_cls)
+        specs.append(ComponentSpec("processor", type_name, config, _lazy(mod, impl_cls), description=description))
+    return specs
+
+
 @hookimpl
 def collector_exporters() -> list[ComponentSpec]:
     from collector.builtin.debug import DebugExporterConfig

@@ -1,0 +1,1 @@
+"""Built-in processors: mapping, filter, validate, attributes, ensure_id, dedupe, aggregate."""

@@ -1,0 +1,60 @@
+"""The ``mapping`` processor: turn any record into a CloudEvent with an expression."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
+from collector.components import Batch, Meta
+from collector.mapping import CompiledMapping, compile_expression, registry_functions
+
+
+class MappingConfig(ProcessorConfig):
+    """A Python expression over ``this`` (the record) and ``meta``, returning the new record or None."""
+
+    expression: str = Field(
+        description="The mapping. Returns an object (the new record) or None (drop the record). "
+        "`this.a.b` reads fields safely (None when missing); see docs/processors/mapping.md.",
+    )
+
+    def check_with_registry(self, registry: Any) -> None:
+        compile_expression(self.expression, registry_functions(registry), path="expression")
+
+
+class MappingProcessor(RecordProcessor):
+    def __init__(self, ctx: Any, config: MappingConfig) -> None:
+        super().__init__(ctx, config)
+        self.mapping: CompiledMapping = compile_expression(
+            config.expression, registry_functions(ctx.registry), path=f"processors.{ctx.id}.expression"
+        )
+
+    async def process_batch(self, batch: Batch, meta: Meta) -> Batch:
+        fn = self.mapping.function
+        out: list[dict[str, Any]] = []
+        origins: list[int | None] = []
+        failures = Failures()
+        dropped = 0
+        for i, record in enumerate(batch.events):
+            try:
+                result = fn(record, meta)
+            except Exception as exc:
+                failures.add(i, record, self._describe(exc))
+                continue
+            if result is None:
+                dropped += 1
+            elif isinstance(result, dict):
+                out.append(result)
+                origins.append(batch.origins[i])
+            else:
+                failures.add(
+                    i, record, f"mapping {self.id} returned {type(result).__name__}, not an object or None "
+                    f"(expression: {self.mapping.snippet()})",
+                )
+        self.count_dropped(dropped, "mapped_to_none")
+        await self.settle(failures)
+        return Batch(out, origins)
+
+    def _describe(self, exc: Exception) -> str:
+        return f"mapping {self.id} failed: {type(exc).__name__}: {exc} (expression: {self.mapping.snippet()})"
