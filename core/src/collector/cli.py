@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version of the core and of each plugin")
 
+    mapp = sub.add_parser(
+        "map", parents=[common], help="try a mapping expression or a pipeline's processors on sample input"
+    )
+    _config_args(mapp)
+    mapp.add_argument("-e", "--expression", help="an inline mapping expression (instead of a configuration)")
+    mapp.add_argument("--pipeline", help="the pipeline whose processors to run (default: the only one)")
+    mapp.add_argument("-i", "--input", help="JSON, JSON array or JSON lines file; - or absent for stdin")
+    mapp.add_argument("--meta", help="metadata for the expression, as a JSON object")
+    mapp.add_argument("--no-validate", action="store_true", help="do not check the output against OpenMeter's rules")
+
     dlq = sub.add_parser("dlq", parents=[common], help="inspect, replay or drop dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     for name, text in (
@@ -265,7 +275,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return run_dlq(args, loaded, registry)
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    from collector.mapcmd import run_map
+
+    return run_map(args)
+
+
 COMMANDS: dict[str, Any] = {
+    "map": cmd_map,
     "run": cmd_run,
     "validate": cmd_validate,
     "plugins": cmd_plugins,

@@ -79,7 +79,9 @@ class RecordProcessor(Processor[Any]):
             store = self._store()
             for record, err in zip(failures.records, failures.errors, strict=True):
                 await asyncio.to_thread(
-                    store.add, [record if isinstance(record, dict) else {"record": record}], "processor_error",
+                    store.add,
+                    [record if isinstance(record, dict) else {"record": record}],
+                    "processor_error",
                     body=err.message,
                 )
             self.count_dropped(len(failures.errors), "dead_lettered")
@@ -87,7 +89,9 @@ class RecordProcessor(Processor[Any]):
             self.count_dropped(len(failures.errors), "error")
         self.log.warning(
             "processor %s: %d record(s) failed and were %s; first: %s",
-            self.id, len(failures.errors), "dead-lettered" if policy == "dead_letter" else "dropped",
+            self.id,
+            len(failures.errors),
+            "dead-lettered" if policy == "dead_letter" else "dropped",
             failures.errors[0].message,
         )
 

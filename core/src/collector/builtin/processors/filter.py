@@ -23,7 +23,9 @@ class FilterConfig(ProcessorConfig):
 class FilterProcessor(RecordProcessor):
     def __init__(self, ctx: Any, config: FilterConfig) -> None:
         super().__init__(ctx, config)
-        self.predicate = compile_expression(config.condition, registry_functions(ctx.registry), path=f"processors.{ctx.id}.condition")
+        self.predicate = compile_expression(
+            config.condition, registry_functions(ctx.registry), path=f"processors.{ctx.id}.condition"
+        )
 
     async def process_batch(self, batch: Batch, meta: Meta) -> Batch:
         fn = self.predicate.function
@@ -34,8 +36,11 @@ class FilterProcessor(RecordProcessor):
             try:
                 keep = fn(record, meta)
             except Exception as exc:
-                failures.add(i, record, f"filter {self.id} failed: {type(exc).__name__}: {exc} "
-                                        f"(condition: {self.predicate.snippet()})")
+                failures.add(
+                    i,
+                    record,
+                    f"filter {self.id} failed: {type(exc).__name__}: {exc} (condition: {self.predicate.snippet()})",
+                )
                 continue
             if keep:
                 out.append(record)

@@ -49,7 +49,9 @@ class MappingProcessor(RecordProcessor):
                 origins.append(batch.origins[i])
             else:
                 failures.add(
-                    i, record, f"mapping {self.id} returned {type(result).__name__}, not an object or None "
+                    i,
+                    record,
+                    f"mapping {self.id} returned {type(result).__name__}, not an object or None "
                     f"(expression: {self.mapping.snippet()})",
                 )
         self.count_dropped(dropped, "mapped_to_none")
