@@ -5,11 +5,13 @@ answers 202, each only after every target queue has committed the events.
 Everything else gets an RFC 7807 problem document saying what to fix:
 
 =====  ==========================================================
-400    malformed JSON, wrong shape, invalid events (index + field)
+400    malformed JSON, wrong shape, invalid events (index + field),
+       a body that cannot be decoded (broken chunking, bad gzip)
 401    missing or wrong bearer token (when tokens are configured)
 404    unknown path
 405    method other than POST
-408    the body did not arrive within ``read_timeout``
+408    the body did not arrive within ``read_timeout`` (then the
+       connection is closed)
 413    body over ``max_body_bytes`` or more than ``max_events``
 415    content type other than the CloudEvents / JSON ones
 503    the queue refuses data (full or disk full), with Retry-After
