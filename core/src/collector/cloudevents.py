@@ -221,6 +221,51 @@ def parse_events(body: bytes, content_type: str | None) -> list[Any]:
 _TIME_EXAMPLE = '"2024-05-01T12:00:00Z" or "2024-05-01T14:00:00.250+02:00"'
 
 
+RAW_MEDIA_TYPES: frozenset[str] = frozenset(
+    {JSON_MEDIA_TYPE, "application/x-ndjson", "application/jsonl", "application/jsonlines", "application/json-lines"}
+)
+
+
+def parse_records(body: bytes, content_type: str | None) -> list[Any]:
+    """Decode a raw-JSON body (``format: json`` intake) into records.
+
+    ``application/json``: a JSON value; an array gives its elements, anything
+    else one record.  If the body is not one JSON value but is valid
+    newline-delimited JSON it is read as that.  ``application/x-ndjson`` (and
+    ``jsonl``): one JSON value per non-empty line.  Errors name the line.
+    """
+    mtype = media_type(content_type)
+    if mtype not in RAW_MEDIA_TYPES:
+        accepted = ", ".join(sorted(RAW_MEDIA_TYPES))
+        got = f"Content-Type {mtype!r} is not supported" if mtype else "the Content-Type header is missing"
+        raise IntakeError(415, f"{got}; send JSON records as one of: {accepted}")
+    charset = _charset(content_type or "")
+    if charset is not None and charset != "utf-8":
+        raise IntakeError(415, f"charset {charset!r} is not supported: send the body as UTF-8")
+    if not body.strip():
+        raise IntakeError(400, "the request body is empty; send a JSON object, an array, or JSON lines")
+    if mtype == JSON_MEDIA_TYPE:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            if b"\n" not in body.strip():
+                raise IntakeError(400, f"the body is not valid JSON: {exc}") from None
+        else:
+            if isinstance(doc, list):
+                if not doc:
+                    raise IntakeError(400, "empty batch: the array holds no records; send at least one")
+                return doc
+            return [doc]
+    records = []
+    for n, line in enumerate(body.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise IntakeError(400, f"line {n} is not valid JSON: {exc}") from None
+    return records
+
+
 def _rfc3339_problem(s: str) -> str | None:
     """Why ``s`` is not an RFC 3339 date-time OpenMeter accepts; None if it is.
 

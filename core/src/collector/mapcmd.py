@@ -24,22 +24,15 @@ from collector.errors import ConfigError, PermanentError
 
 
 def read_records(data: bytes) -> list[Any]:
-    """A JSON value (object or array) or newline-delimited JSON."""
-    text = data.strip()
-    if not text:
+    """A JSON value (object or array) or newline-delimited JSON, as the raw HTTP intake reads it."""
+    from collector.cloudevents import IntakeError, parse_records
+
+    if not data.strip():
         return []
     try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(orjson.loads(line))
-                except orjson.JSONDecodeError as exc:
-                    raise ValueError(f"input line {n}: invalid JSON: {exc}") from None
-        return out
-    return value if isinstance(value, list) else [value]
+        return parse_records(data, "application/json")
+    except IntakeError as exc:
+        raise ValueError(f"input: {exc.detail}") from None
 
 
 def _print(record: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -78,6 +79,17 @@ class HttpReceiverConfig(_Strict):
     read_timeout: float = Field(
         30.0, gt=0, description="Seconds a client may take to send its body before it gets 408."
     )
+    format: Literal["cloudevents", "json"] = Field(
+        "cloudevents",
+        description="cloudevents: the OpenMeter ingest API (/api/v1/events, /api/v3/openmeter/events). json: any "
+        "JSON records (object, array or JSON lines) on `path`, turned into CloudEvents by the pipeline's processors "
+        "and validated after them.",
+    )
+    path: str = Field("/ingest", description="Where raw JSON records are posted when format is json.")
+    headers: list[str] = Field(
+        default_factory=list,
+        description="Request headers passed to processors as meta.headers (lower-case names), e.g. x-tenant-id.",
+    )
     fill_missing: bool = Field(
         True,
         description="Give events without `time` the arrival time, and events without `id` a deterministic id "
@@ -89,3 +101,15 @@ class HttpReceiverConfig(_Strict):
     def _endpoint(cls, v: str) -> str:
         parse_endpoint(v)
         return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or "{" in v or "?" in v:
+            raise ValueError(f"{v!r} is not a URL path (for example /ingest)")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: list[str]) -> list[str]:
+        return [h.lower() for h in v]

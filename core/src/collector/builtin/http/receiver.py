@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from collector.builtin.http.config import HttpReceiverConfig
-from collector.cloudevents import IntakeError, fill_defaults, parse_events, problem, validate_events
+from collector.cloudevents import IntakeError, fill_defaults, parse_events, parse_records, problem, validate_events
 from collector.components import Receiver
 from collector.config import parse_endpoint
 from collector.errors import BackpressureError, ConfigError, PermanentError, RecordError
@@ -72,6 +72,8 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         self._idle.set()
         self._closing = False
         self.port: int | None = None
+        self.raw = config.format == "json"
+        self.paths = (config.path,) if self.raw else (V1_PATH, V3_PATH)
         m = ctx.telemetry.metrics
         self._requests = m.requests
         self._refused = m.refused
@@ -83,7 +85,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         # aiohttp enforces client_max_size while reading, so a huge chunked body
         # never sits in memory; +1 lets us tell "exactly the limit" from "over".
         app = web.Application(client_max_size=self.config.max_body_bytes + 1)
-        for path in (V1_PATH, V3_PATH):
+        for path in self.paths:
             app.router.add_route("*", path, self._handle)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
@@ -111,12 +113,12 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         self.port = sockets[0].getsockname()[1] if sockets else port
         scheme = "https" if ssl_ctx else "http"
         self.log.info(
-            "http receiver listening on %s://%s:%s (%s, %s)%s",
+            "http receiver listening on %s://%s:%s (%s: %s)%s",
             scheme,
             host,
             self.port,
-            V1_PATH,
-            V3_PATH,
+            "raw JSON records" if self.raw else "CloudEvents",
+            ", ".join(self.paths),
             " with bearer-token auth" if self._tokens else " without authentication",
         )
 
@@ -139,7 +141,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
 
     async def _not_found(self, request: web.Request) -> web.Response:
         return self._answer(
-            problem_response(404, "Not Found", f"no endpoint at {request.path}; send events to {V1_PATH} or {V3_PATH}")
+            problem_response(404, "Not Found", f"no endpoint at {request.path}; send to {' or '.join(self.paths)}")
         )
 
     def _answer(self, response: web.Response, refused: int = 0, reason: str = "") -> web.Response:
@@ -189,6 +191,8 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
             return await self._answer_and_close(
                 request, problem_response(400, "Bad Request", f"the request body could not be read: {reason}")
             )
+        if self.raw:
+            return await self._handle_raw(request, body)
         try:
             events = parse_events(body, request.headers.get("Content-Type"))
         except IntakeError as exc:
@@ -214,7 +218,29 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
             )
         return await self._commit(request.path, events)
 
-    async def _commit(self, path: str, events: list[dict[str, Any]]) -> web.Response:
+    async def _handle_raw(self, request: web.Request, body: bytes) -> web.Response:
+        """Raw JSON records: the pipeline's processors make CloudEvents of them,
+        and the pipeline validates the result (errors name the record index)."""
+        try:
+            records = parse_records(body, request.headers.get("Content-Type"))
+        except IntakeError as exc:
+            return self._answer(problem_response(exc.status, exc.title, exc.detail), 1, "invalid")
+        if len(records) > self.config.max_events:
+            return self._answer(
+                problem_response(
+                    413,
+                    "Payload Too Large",
+                    f"{len(records)} records in one request; the limit is {self.config.max_events}",
+                ),
+                len(records),
+                "too_large",
+            )
+        meta: dict[str, Any] = {"format": "json"}
+        if self.config.headers:
+            meta["headers"] = {h: request.headers[h] for h in self.config.headers if h in request.headers}
+        return await self._commit(request.path, records, meta)
+
+    async def _commit(self, path: str, events: list[Any], meta: dict[str, Any] | None = None) -> web.Response:
         if self._closing:
             return self._answer(
                 problem_response(
@@ -227,7 +253,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         self._inflight += 1
         self._idle.clear()
         try:
-            await self.emit(events, {VALIDATED: True})
+            await self.emit(events, meta if meta is not None else {VALIDATED: True})
         except PermanentError as exc:
             return self._answer(
                 problem_response(
@@ -255,7 +281,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-        return self._answer(web.Response(status=_SUCCESS[path]))
+        return self._answer(web.Response(status=_SUCCESS.get(path, 204)))
 
     async def _answer_and_close(self, request: web.Request, response: web.Response) -> web.Response:
         """Send ``response`` and drop the connection at once.
