@@ -39,7 +39,12 @@ class HttpStatusRetry(RetryableError):
     def __init__(self, message: str, status: int, retry_after: float | None) -> None:
         super().__init__(message, retry_after)
         self.status = status
-        self.klass = f"http_{status}" if status in (408, 429) else ("http_5xx" if status >= 500 else "http_4xx")
+        if status in (408, 429):
+            self.klass = f"http_{status}"
+        elif status >= 500:
+            self.klass = "http_5xx"
+        else:  # 404, 405, 3xx...: most likely a wrong URL; kept and retried, never dropped
+            self.klass = "http_4xx" if status >= 400 else "http_other"
 
 
 class NetworkRetry(RetryableError):
