@@ -51,6 +51,7 @@ class ComponentContext:
     telemetry: Telemetry
     registry: Registry | None = None
     clock: Clock = field(default_factory=SystemClock)
+    coordinator: Any = None  # the service's Coordinator; None means local (always leader)
 
     @property
     def type(self) -> str:
@@ -137,6 +138,11 @@ class Receiver(Component[ConfigT]):
         await self.next.consume(events, meta)
 
 
+# Told how the call that carried a batch ended: True once every target queue
+# committed it (and every later processor's hook succeeded), False otherwise.
+OutcomeHook = Callable[[bool], Awaitable[None]]
+
+
 @dataclass
 class Batch:
     """Events on their way through a pipeline, with where each came from.
@@ -145,10 +151,18 @@ class Batch:
     record that ``events[i]`` came from (None when unknown, e.g. after an
     aggregation), so that an error found by a later processor or by the final
     validation names the record the client sent.
+
+    ``on_outcome``: a processor that must record state only for data that was
+    committed (dedupe keys, aggregation input) appends a hook to the batch it
+    returns.  The pipeline awaits every hook once the call's fate is known,
+    before the receiver is answered: ``hook(True)`` after the commit, latest
+    processor first (a hook that raises fails the call, and the hooks still to
+    run are told False); ``hook(False)`` when the call failed anywhere.
     """
 
     events: list[Event]
     origins: list[int | None]
+    on_outcome: list[OutcomeHook] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def of(cls, events: list[Event]) -> Batch:

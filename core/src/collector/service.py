@@ -103,6 +103,7 @@ class Service:
             telemetry=self.telemetry,
             registry=self.registry,
             clock=self.clock,
+            coordinator=self.coordinator,
         )
 
     def _build(self, kind: str, cid: str, subdir: Path) -> Component[Any]:
@@ -120,6 +121,15 @@ class Service:
         """Instantiate every component a pipeline uses (no I/O beyond mkdir)."""
         raw = self.loaded.raw
         self.storage.mkdir(parents=True, exist_ok=True)
+        # First: pull receivers ask it who leads.
+        if raw.service.coordinator:
+            coord = self._build(
+                "coordinator",
+                raw.service.coordinator,
+                self.storage / "coordinators" / safe_name(raw.service.coordinator),
+            )
+            assert isinstance(coord, Coordinator)
+            self.coordinator = coord
         for name, pipe in raw.service.pipelines.items():
             runners = []
             for eid in pipe.exporters:
@@ -154,14 +164,6 @@ class Service:
         for rid, rec in self.receivers.items():
             feeds = [self.pipelines[n] for n, p in raw.service.pipelines.items() if rid in p.receivers]
             rec.bind(ReceiverFanout(rid, feeds, self.telemetry.metrics))
-        if raw.service.coordinator:
-            coord = self._build(
-                "coordinator",
-                raw.service.coordinator,
-                self.storage / "coordinators" / safe_name(raw.service.coordinator),
-            )
-            assert isinstance(coord, Coordinator)
-            self.coordinator = coord
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -138,6 +138,28 @@ class Metrics:
         self.dead_letter_events = Gauge(
             "collector_dead_letter_events", "Events in the dead-letter store.", ["exporter"], registry=r
         )
+        # -- pull receivers -----------------------------------------------------
+        self.pull_duration = Histogram(
+            "collector_pull_window_duration_seconds", "Time to collect one window.", ["receiver"], registry=r
+        )
+        self.pull_windows = Counter(
+            "collector_pull_windows", "Windows collected, by outcome (failures are retried).", ["receiver", "outcome"],
+            registry=r,
+        )
+        self.pull_last_success = Gauge(
+            "collector_pull_last_success_timestamp_seconds", "Unix time of the last delivered window.", ["receiver"],
+            registry=r,
+        )
+        self.pull_lag = Gauge(
+            "collector_pull_lag_seconds", "How far the watermark is behind now.", ["receiver"], registry=r
+        )
+        self.pull_skipped = Counter(
+            "collector_pull_skipped_windows", "Windows older than max_backfill, skipped and logged.", ["receiver"],
+            registry=r,
+        )
+        self.leader = Gauge(
+            "collector_leader", "1 while this replica leads the pull receiver.", ["receiver"], registry=r
+        )
         self.up = Gauge("collector_up", "1 while the service runs.", registry=r)
         self.start_time = Gauge("collector_start_time_seconds", "Unix time the service started.", registry=r)
 

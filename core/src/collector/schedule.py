@@ -1,0 +1,378 @@
+"""Pull receivers: windows on a schedule, watermarks, backfill, retries.
+
+A pull receiver (Prometheus, Kubernetes, Run:ai, S3...) subclasses
+:class:`PullReceiver` and implements one method::
+
+    async def collect(self, window: Window) -> list[Any]   # records for [start, end)
+
+The framework does the rest (DESIGN.md section 8):
+
+* windows ``[start, end)`` are aligned to the schedule (an ``interval`` is
+  aligned to the Unix epoch; a ``cron`` expression, with an optional leading
+  seconds field, gives the window ends); a window is collected once its end
+  plus ``offset`` (room for late data) has passed, one at a time, in order;
+* the records go through the pipeline with ``meta.window_start``,
+  ``meta.window_end`` and ``meta.interval_seconds``; only when ``emit`` returns
+  (every exporter queue committed) is the **watermark** -- the end of the last
+  delivered window -- saved in the receiver's state store;
+* on start it resumes from the watermark and backfills the windows missed
+  while it was down, up to ``max_backfill``; older windows are counted
+  (``collector_pull_skipped_windows_total``) and logged, never silently lost;
+* a failed window is retried with full-jitter backoff, the same window, until
+  it succeeds; the watermark never moves past a window that was not delivered;
+* only the leader (the service's coordinator; local by default) collects.
+
+Ids: use :meth:`PullReceiver.event_id` (a UUIDv5 over the source, the
+record's natural key and the window start), so a replay or a backfill sends
+the same ids and OpenMeter de-duplicates them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from collector.cloudevents import format_time, stable_id
+from collector.components import ConfigT, Receiver
+from collector.delivery import full_jitter
+from collector.errors import ConfigError
+from collector.functions import parse_duration
+
+WATERMARKS = "watermark"
+
+
+def _duration(value: str | float, name: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    assert seconds is not None
+    return seconds
+
+
+class ScheduleConfig(BaseModel):
+    """When a pull receiver collects, and how far back it catches up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: str | None = Field(
+        None, description="Window length, e.g. 60s, 5m, 1h (aligned to the epoch). Default 60s unless cron is set."
+    )
+    cron: str | None = Field(
+        None,
+        description="Cron expression for window ends instead of an interval; 5 fields, or 6 with seconds first "
+        "(e.g. '0 */5 * * * *'). Windows run from one firing to the next.",
+    )
+    offset: str = Field("0s", description="Wait this long after a window ends before collecting it (late data).")
+    max_backfill: str = Field(
+        "24h", description="On start, catch up on missed windows this far back; older ones are counted and logged."
+    )
+    retry_initial: str = Field("1s", description="Backoff base for a failed window.")
+    retry_max: str = Field("60s", description="Backoff cap for a failed window.")
+
+    @field_validator("interval", "offset", "max_backfill", "retry_initial", "retry_max")
+    @classmethod
+    def _check_duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            _duration(v, "duration")
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from croniter import croniter
+
+            fields = v.split()
+            if len(fields) not in (5, 6) or not croniter.is_valid(v, second_at_beginning=len(fields) == 6):
+                raise ValueError(f"{v!r} is not a cron expression (5 fields, or 6 with seconds first)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleConfig:
+        if self.interval is not None and self.cron is not None:
+            raise ValueError("set interval or cron, not both")
+        if self.interval is not None and _duration(self.interval, "interval") <= 0:
+            raise ValueError("interval must be positive")
+        return self
+
+    def schedule(self) -> Schedule:
+        if self.cron is not None:
+            return CronSchedule(self.cron)
+        return IntervalSchedule(_duration(self.interval or "60s", "interval"))
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time window ``[start, end)`` in Unix seconds."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def start_time(self) -> str:
+        return format_time(datetime.fromtimestamp(self.start, UTC))
+
+    @property
+    def end_time(self) -> str:
+        return format_time(datetime.fromtimestamp(self.end, UTC))
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "window_start": self.start_time,
+            "window_end": self.end_time,
+            "interval_seconds": self.seconds,
+            "window_start_unix": self.start,
+            "window_end_unix": self.end,
+        }
+
+    def __str__(self) -> str:
+        return f"[{self.start_time}, {self.end_time})"
+
+
+class Schedule:
+    """Window boundaries: ``end_at_or_before(t)`` and ``next_end(t)``."""
+
+    def end_at_or_before(self, t: float) -> float:
+        raise NotImplementedError
+
+    def next_end(self, t: float) -> float:
+        """The first boundary strictly after ``t``."""
+        raise NotImplementedError
+
+    def window_ending(self, end: float) -> Window:
+        raise NotImplementedError
+
+    def windows(self, after: float, until: float) -> Iterator[Window]:
+        """Windows whose start is at or after boundary ``after`` and whose end is at or before ``until``."""
+        end = self.next_end(after)
+        while end <= until:
+            w = self.window_ending(end)
+            if w.start >= after - 1e-9:
+                yield w
+            end = self.next_end(end)
+
+
+class IntervalSchedule(Schedule):
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def end_at_or_before(self, t: float) -> float:
+        return (t // self.interval) * self.interval
+
+    def next_end(self, t: float) -> float:
+        return (t // self.interval + 1) * self.interval
+
+    def window_ending(self, end: float) -> Window:
+        return Window(end - self.interval, end)
+
+
+class CronSchedule(Schedule):
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+        self._seconds_first = len(expression.split()) == 6
+
+    def _iter(self, t: float) -> Any:
+        from croniter import croniter
+
+        return croniter(self.expression, datetime.fromtimestamp(t, UTC), second_at_beginning=self._seconds_first)
+
+    def end_at_or_before(self, t: float) -> float:
+        nxt = self.next_end(t)
+        return float(self._iter(nxt).get_prev(float))
+
+    def next_end(self, t: float) -> float:
+        return float(self._iter(t).get_next(float))
+
+    def window_ending(self, end: float) -> Window:
+        return Window(float(self._iter(end).get_prev(float)), end)
+
+
+class PullReceiver(Receiver[ConfigT]):
+    """Base class of receivers that collect usage per time window.
+
+    The config model must include the :class:`ScheduleConfig` fields (subclass
+    it).  Subclasses implement :meth:`collect` and set ``source`` (used in ids).
+    """
+
+    source: str = "collector"
+
+    def __init__(self, ctx: Any, config: ConfigT) -> None:
+        super().__init__(ctx, config)
+        sched_cfg: Any = config
+        if not isinstance(sched_cfg, ScheduleConfig):
+            raise ConfigError("a pull receiver's config must subclass ScheduleConfig", f"receivers.{ctx.id}")
+        self.schedule_config = sched_cfg
+        self.schedule = sched_cfg.schedule()
+        self.offset = _duration(sched_cfg.offset, "offset")
+        self.max_backfill = _duration(sched_cfg.max_backfill, "max_backfill")
+        self.retry_initial = _duration(sched_cfg.retry_initial, "retry_initial")
+        self.retry_max = _duration(sched_cfg.retry_max, "retry_max")
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._store: Any = None
+        self.current: Window | None = None
+        self.watermark: float | None = None
+        m = ctx.telemetry.metrics
+        self._m_duration = m.pull_duration.labels(receiver=ctx.id)
+        self._m_ok = m.pull_windows.labels(receiver=ctx.id, outcome="success")
+        self._m_fail = m.pull_windows.labels(receiver=ctx.id, outcome="failure")
+        self._m_last = m.pull_last_success.labels(receiver=ctx.id)
+        self._m_lag = m.pull_lag.labels(receiver=ctx.id)
+        self._m_skipped = m.pull_skipped.labels(receiver=ctx.id)
+        self._m_leader = m.leader.labels(receiver=ctx.id)
+
+    # -- what subclasses implement ---------------------------------------------
+
+    async def collect(self, window: Window) -> list[Any]:
+        """Records for ``window``; raise to have the same window retried."""
+        raise NotImplementedError
+
+    def event_id(self, window: Window, *natural_key: Any) -> str:
+        """Deterministic id: source, the record's natural key, the window start."""
+        return stable_id(self.source, *natural_key, window.start_time)
+
+    # -- state ---------------------------------------------------------------------
+
+    def _state(self) -> Any:
+        if self._store is None:
+            from collector.state import StateStore
+
+            self._store = StateStore(self.ctx.storage_dir / "state.sqlite")
+        return self._store
+
+    async def load_watermark(self) -> float | None:
+        value = await asyncio.to_thread(self._state().get, WATERMARKS, self.id)
+        return float(value) if value is not None else None
+
+    async def save_watermark(self, end: float) -> None:
+        await asyncio.to_thread(self._state().put, WATERMARKS, self.id, end)
+        self.watermark = end
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self.watermark = await self.load_watermark()
+        self._task = asyncio.create_task(self._run(), name=f"pull-{self.id}")
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            # A window being committed finishes (its watermark is saved);
+            # a collection in progress is abandoned and redone next time.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
+            self._store = None
+
+    def is_leader(self) -> bool:
+        coordinator = getattr(self.ctx, "coordinator", None)
+        return True if coordinator is None else bool(coordinator.is_leader())
+
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        out["watermark"] = format_time(datetime.fromtimestamp(self.watermark, UTC)) if self.watermark else None
+        out["leader"] = self.is_leader()
+        if self.current is not None:
+            out["retrying_window"] = str(self.current)
+        return out
+
+    # -- the loop ------------------------------------------------------------------
+
+    def pending_windows(self, now: float) -> tuple[list[Window], int]:
+        """Windows due at ``now`` after the watermark, and how many are skipped past max_backfill."""
+        due_end = self.schedule.end_at_or_before(now - self.offset)
+        if self.watermark is None:
+            # First start: begin with the last complete window, no history.
+            return [self.schedule.window_ending(due_end)], 0
+        windows = list(self.schedule.windows(self.watermark, due_end))
+        oldest_allowed = due_end - self.max_backfill
+        kept = [w for w in windows if w.start >= oldest_allowed - 1e-9]
+        return kept, len(windows) - len(kept)
+
+    async def _run(self) -> None:
+        clock = self.ctx.clock
+        while not self._stopping:
+            if not self.is_leader():
+                self._m_leader.set(0)
+                await self._sleep(1.0)
+                continue
+            self._m_leader.set(1)
+            windows, skipped = self.pending_windows(clock.time())
+            if skipped:
+                self._m_skipped.inc(skipped)
+                self.log.warning(
+                    "receiver %s: %d window(s) older than max_backfill=%s were skipped (collector down too long); "
+                    "run `collector backfill %s --from ... --to ...` to recover them",
+                    self.id, skipped, self.schedule_config.max_backfill, self.id,
+                )  # fmt: skip
+                if windows:
+                    # The watermark moves to just before the oldest window we will do.
+                    await self.save_watermark(windows[0].start)
+            for window in windows:
+                if self._stopping or not self.is_leader():
+                    break
+                await self._run_window_until_done(window)
+            if self.watermark is not None:
+                self._m_lag.set(max(0.0, clock.time() - self.watermark))
+            nxt = self.schedule.next_end(self.schedule.end_at_or_before(clock.time() - self.offset))
+            await self._sleep(max(0.0, nxt + self.offset - clock.time()))
+
+    async def _run_window_until_done(self, window: Window) -> None:
+        attempt = 0
+        self.current = window
+        while not self._stopping:
+            try:
+                await self.run_window(window)
+            except Exception as exc:
+                self._m_fail.inc()
+                delay = full_jitter(attempt, self.retry_initial, self.retry_max)
+                self.last_error = f"window {window}: {exc}"
+                self.log.error(
+                    "receiver %s: window %s failed (%s); retrying the same window in %.1fs",
+                    self.id, window, exc, delay,
+                )  # fmt: skip
+                attempt += 1
+                await self._sleep(delay)
+                continue
+            await self.save_watermark(window.end)
+            self._m_ok.inc()
+            self._m_last.set(time.time())
+            self.last_error = None
+            break
+        self.current = None
+
+    async def run_window(self, window: Window) -> int:
+        """Collect and commit one window (no watermark change); returns the record count."""
+        t0 = time.monotonic()
+        records = await self.collect(window)
+        self._m_duration.observe(time.monotonic() - t0)
+        if records:
+            await self.emit(records, window.meta())
+        return len(records)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping or seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        sleeper.cancel()
+        waker.cancel()
