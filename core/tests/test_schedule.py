@@ -150,3 +150,37 @@ async def test_failed_window_is_retried_until_it_succeeds(run_pipeline, registry
     assert failures == 3
     assert CountReceiver.calls[:4] == [Window(T0 - 60, T0)] * 4  # the same window, until it succeeded
     assert events[0]["time"] == "2025-12-31T23:59:00.000Z"
+
+
+async def test_backfill_reemits_windows_with_the_same_ids(registry, storage_dir, run_pipeline, capsys):
+    import argparse
+
+    from collector.backfill import run_backfill
+    from collector.config import load_config
+    from collector.testing.components import MemoryExporter
+
+    clock = FakeClock(start=T0 + 30)
+    async with run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
+        await settle(clock, 180)
+        live = {e["time"]: e["id"] for e in await p.exporter().wait_for(4)}
+        watermark = p.service.receivers["count"].watermark
+    text = yaml_for() + (
+        f"storage: {{directory: {storage_dir}}}\n"
+        "service: {telemetry: {endpoint: null}, pipelines: {p: {receivers: [count], exporters: [memory]}}}\n"
+    )
+    loaded = load_config(text, registry)
+    args = argparse.Namespace(
+        receiver="count", start="2026-01-01T00:00:00Z", end="2026-01-01T00:03:00Z",
+        timeout=10.0, retries=2, no_progress=True,
+    )  # fmt: skip
+    assert await run_backfill(args, loaded, registry) == 0
+    replayed = {e["time"]: e["id"] for e in MemoryExporter.instances["memory"].events}
+    assert sorted(replayed) == ["2026-01-01T00:00:00.000Z", "2026-01-01T00:01:00.000Z", "2026-01-01T00:02:00.000Z"]
+    assert all(live[t] == i for t, i in replayed.items() if t in live), "a backfill sends the live ids"
+    assert "backfill count: 3 window(s)" in capsys.readouterr().out
+    # The live watermark is untouched: the backfill ran on its own storage.
+    from collector.state import StateStore
+
+    store = StateStore(storage_dir / "receivers" / "count" / "state.sqlite")
+    assert store.get("watermark", "count") == watermark
+    store.close()

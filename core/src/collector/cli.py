@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version of the core and of each plugin")
 
+    bf = sub.add_parser("backfill", parents=[common], help="re-emit a pull receiver's windows for a time range")
+    _config_args(bf)
+    bf.add_argument("receiver", help="the pull receiver id, e.g. prometheus/gpu")
+    bf.add_argument("--from", dest="start", required=True, help="start time, RFC 3339 (aligned down to a window)")
+    bf.add_argument("--to", dest="end", required=True, help="end time, RFC 3339 (last window ends at or before it)")
+    bf.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for delivery (default 3600)")
+    bf.add_argument("--retries", type=int, default=5, help="attempts per failing window before giving up")
+    bf.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     mapp = sub.add_parser(
         "map", parents=[common], help="try a mapping expression or a pipeline's processors on sample input"
     )
@@ -275,6 +284,21 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return run_dlq(args, loaded, registry)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from collector.backfill import run_backfill
+    from collector.errors import ConfigError
+
+    registry = _registry(args)
+    try:
+        loaded = _load(args, registry)
+        return asyncio.run(run_backfill(args, loaded, registry))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+
+
 def cmd_map(args: argparse.Namespace) -> int:
     from collector.mapcmd import run_map
 
@@ -283,6 +307,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Any] = {
     "map": cmd_map,
+    "backfill": cmd_backfill,
     "run": cmd_run,
     "validate": cmd_validate,
     "plugins": cmd_plugins,

@@ -206,6 +206,9 @@ class PullReceiver(Receiver[ConfigT]):
     """
 
     source: str = "collector"
+    # False for `collector backfill`, which drives run_window() itself and
+    # must not start the schedule loop (nor touch the live watermark).
+    autorun: bool = True
 
     def __init__(self, ctx: Any, config: ConfigT) -> None:
         super().__init__(ctx, config)
@@ -263,6 +266,8 @@ class PullReceiver(Receiver[ConfigT]):
     # -- lifecycle -----------------------------------------------------------------
 
     async def _start(self) -> None:
+        if not self.autorun:
+            return
         self.watermark = await self.load_watermark()
         self._task = asyncio.create_task(self._run(), name=f"pull-{self.id}")
 
