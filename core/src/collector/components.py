@@ -268,6 +268,12 @@ class QueueSettings(_Strict):
         2.0, ge=0, le=1000, description="How long a commit waits to gather concurrent producers."
     )
     commit_max_events: int = Field(1000, gt=0, description="Most events per commit (group commit).")
+    min_free_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Refuse new data (backpressure) while less than this is free on the queue's disk, so that "
+        "draining still has room to write; 0 refuses only on a real disk-full error.",
+    )
 
 
 class BatchSettings(_Strict):

@@ -8,13 +8,13 @@ it, with or without a running collector (SQLite handles the concurrency).
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-import builtins
 from typing import Any
 
 import orjson
@@ -81,7 +81,9 @@ class DeadLetterStore:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may already have rolled back (e.g. on a full disk).
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
         return len(rows)
 

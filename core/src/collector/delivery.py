@@ -146,13 +146,11 @@ class ExporterRunner:
         self.metrics.buffer_batch_received.labels(**self._labels).inc()
 
     def check_capacity(self) -> None:
-        """Raise BackpressureError now if the queue is refusing, before any commit."""
-        st = self.queue.stats()
-        if st.refusing:
-            raise BackpressureError(
-                f"exporter {self.id}: queue is full ({st.bytes} bytes, {st.events} events waiting)",
-                retry_after=1.0,
-            )
+        """Raise BackpressureError now if the queue would refuse, before any queue commits."""
+        try:
+            self.queue.check_intake()
+        except BackpressureError as exc:
+            raise BackpressureError(f"exporter {self.id}: {exc.message}", retry_after=exc.retry_after) from None
 
     async def shutdown(self, timeout: float) -> None:
         if self._loop is None:
@@ -196,7 +194,11 @@ class ExporterRunner:
     def _refresh_gauges(self, st: Any = None) -> None:
         st = st or self.queue.stats()
         m, lb = self.metrics, self._labels
-        m.queue_events.labels(**lb).set(st.events)
+        # Events already delivered or dead-lettered whose queue item still
+        # waits for its other events are counted there, not here, so that
+        # enqueued = delivered + dead-lettered + queued holds at every moment.
+        finished = sum(len(t.item.events) - t.pending for t in list(self._trackers.values()))
+        m.queue_events.labels(**lb).set(max(0, st.events - finished))
         m.queue_bytes.labels(**lb).set(st.bytes)
         m.queue_oldest.labels(**lb).set(st.oldest_age_s)
         m.queue_refusing.labels(**lb).set(1 if st.refusing else 0)
@@ -349,15 +351,34 @@ class ExporterRunner:
                 return
             except Exception as exc:
                 if self._stopping:
-                    log.warning("exporter %s: ack of queue item %d failed at shutdown (%s); it will be "
-                                "sent again after restart", self.id, item_id, exc)
+                    log.warning(
+                        "exporter %s: ack of queue item %d failed at shutdown (%s); it will be "
+                        "sent again after restart",
+                        self.id,
+                        item_id,
+                        exc,
+                    )
                     return
                 log.warning("exporter %s: ack of queue item %d failed (%s); retrying", self.id, item_id, exc)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     async def _dead_letter(self, pairs: list[_Pending], reason: str, status: int | None, body: str | None) -> None:
-        await self._io_call(lambda: self.deadletters.add([p.event for p in pairs], reason, status=status, body=body))
+        delay = 0.1
+        while True:  # a full disk must not lose them: retry until stored (shutdown leaves them queued)
+            try:
+                await self._io_call(
+                    lambda: self.deadletters.add([p.event for p in pairs], reason, status=status, body=body)
+                )
+                break
+            except Exception as exc:
+                if self._stopping:
+                    log.warning("exporter %s: dead-lettering failed at shutdown (%s); the events stay queued",
+                                self.id, exc)  # fmt: skip
+                    return
+                log.warning("exporter %s: dead-lettering %d event(s) failed (%s); retrying", self.id, len(pairs), exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
         self.metrics.dead_lettered.labels(exporter=self.id, reason=reason).inc(len(pairs))
         log.warning(
             "exporter %s: %d event(s) dead-lettered (%s%s)",

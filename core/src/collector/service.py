@@ -65,6 +65,7 @@ def make_queue(storage: Path, exporter_id: str, config: ExporterConfig) -> Batch
         durability=q.durability,
         commit_wait_ms=q.commit_wait_ms,
         commit_max_events=q.commit_max_events,
+        min_free_bytes=q.min_free_bytes,
     )
 
 

@@ -54,6 +54,10 @@ class BatchQueue(Protocol):
         refuses new data; nothing already accepted is affected.
         """
 
+    def check_intake(self) -> None:
+        """Raise BackpressureError now if a put would be refused (checked before
+        any queue of a fan-out commits)."""
+
     def get(self, timeout: float) -> QueueItem | None:
         """Block up to ``timeout`` seconds for the next unclaimed item."""
 

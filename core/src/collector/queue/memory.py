@@ -40,6 +40,11 @@ class MemoryQueue:
             self._events += len(events)
             self._cond.notify()
 
+    def check_intake(self) -> None:
+        with self._cond:
+            if self._bytes >= self.max_bytes:
+                raise BackpressureError(f"queue is full ({self._bytes} of {self.max_bytes} bytes)", retry_after=1.0)
+
     def get(self, timeout: float) -> QueueItem | None:
         deadline = time.monotonic() + timeout
         with self._cond:

@@ -120,11 +120,19 @@ class _AckQueue(SQLiteAckQueue):
         self._synchronous = synchronous
         super().__init__(path, **kwargs)
 
+    # The WAL is checkpointed often and truncated back to this size, so that a
+    # queue that filled its disk keeps room for the small writes draining needs
+    # (claims and acks are writes too); see DurableQueue.min_free_bytes.
+    WAL_AUTOCHECKPOINT_PAGES = 128
+    JOURNAL_SIZE_LIMIT = 1024 * 1024
+
     def _new_db_connection(self, path: Any, multithreading: Any, timeout: Any) -> sqlite3.Connection:
         # Called for both connections (_getter and _putter), so the pragma
         # holds wherever persist-queue writes.
         conn = super()._new_db_connection(path, multithreading, timeout)
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={self.WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={self.JOURNAL_SIZE_LIMIT}")
         return conn
 
     def _init(self) -> None:
@@ -259,6 +267,7 @@ class DurableQueue:
         durability: Durability = "full",
         commit_wait_ms: float = 2.0,
         commit_max_events: int = 1000,
+        min_free_bytes: int = 0,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"queue name {name!r}: use letters, digits, '_', '-', '.'")
@@ -272,6 +281,8 @@ class DurableQueue:
         self.durability: Durability = durability
         self._commit_wait_s = commit_wait_ms / 1000.0
         self._commit_max_events = commit_max_events
+        #: refuse new data while less than this is free on the queue's disk (0: only a real ENOSPC)
+        self.min_free_bytes = min_free_bytes
 
         self._pq: _AckQueue | None = None
         self._writer: threading.Thread | None = None
@@ -459,7 +470,7 @@ class DurableQueue:
             raise RuntimeError(f"queue {self.name} is not open")
         if not events:
             return
-        self._check_intake()
+        self.check_intake()
         loop = asyncio.get_running_loop()
         pending = _Pending(events, loop, loop.create_future(), time.monotonic())
         with self._pending_cv:
@@ -473,8 +484,12 @@ class DurableQueue:
                 self._pending_cv.notify()
         await pending.future
 
-    def _check_intake(self) -> None:
-        """Refuse at once, without a trip to the writer, while refusing."""
+    def check_intake(self) -> None:
+        """Raise BackpressureError now if a put would be refused (full, disk full).
+
+        After a disk-full error the refusal lasts ``disk_full_retry_s``; then a
+        put is let through to find out whether there is room again, so intake
+        resumes by itself."""
         if self._full:
             raise BackpressureError(
                 f"queue {self.name} is full ({self._bytes} of {self.max_bytes} bytes)",
@@ -567,6 +582,11 @@ class DurableQueue:
             return BackpressureError(
                 f"queue {self.name}: disk full", retry_after=self._disk_retry_at - time.monotonic()
             )
+        if self.min_free_bytes and self._free_bytes() - group_bytes < self.min_free_bytes:
+            # Refuse before the disk is full: draining needs a little room to
+            # write (claims, acks, checkpoints). Retried like a full disk.
+            self._enter_disk_full(OSError(errno.ENOSPC, f"less than min_free_bytes={self.min_free_bytes} free"))
+            return BackpressureError(f"queue {self.name}: disk nearly full", retry_after=self.disk_full_retry_s)
         with self._state_cv:
             over = self._bytes + group_bytes > self.max_bytes and not (alone and not self._meta)
             if self._full or over:
@@ -605,6 +625,23 @@ class DurableQueue:
             self._disk_full = False
             log.warning("queue %s: writes succeed again; accepting data", self.name)
         return None
+
+    def _free_bytes(self) -> int:
+        """Free space for the queue: the file system's, plus free pages inside the database."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return 1 << 62
+        free = st.f_bavail * st.f_frsize
+        try:
+            with self._db_lock:
+                reader = self._require_storage().reader
+                pages = reader.execute("PRAGMA freelist_count").fetchone()[0]
+                size = reader.execute("PRAGMA page_size").fetchone()[0]
+            free += int(pages) * int(size)
+        except (sqlite3.Error, RuntimeError):
+            pass
+        return free
 
     def _enter_disk_full(self, exc: BaseException) -> None:
         if not self._disk_full:
@@ -781,7 +818,7 @@ class DurableQueue:
                 events=self._events,
                 bytes=self._bytes,
                 oldest_age_s=max(0.0, time.time() - oldest.enqueued_at) if oldest else 0.0,
-                refusing=self._full or self._disk_full,
+                refusing=self._full or (self._disk_full and time.monotonic() < self._disk_retry_at),
                 quarantined=self._quarantined,
             )
 
