@@ -76,14 +76,17 @@ class MappingCompileError(ConfigError):
 class _Rewriter(ast.NodeTransformer):
     """Checks names and rewrites attribute and subscript reads into safe lookups."""
 
-    def __init__(self, allowed: set[str], path: str | None) -> None:
+    def __init__(self, allowed: set[str], path: str | None, shift: Callable[..., tuple[Any, Any]]) -> None:
         self.allowed = allowed
         self.path = path
         self.scopes: list[set[str]] = []
+        self.shift = shift  # positions in the stripped text -> positions in the source as written
 
-    def fail(self, node: ast.AST, message: str) -> MappingCompileError:
-        return MappingCompileError(message, self.path, getattr(node, "lineno", None),
-                                   getattr(node, "col_offset", -1) + 1)  # fmt: skip
+    def fail(self, node: ast.AST, message: str, column: int | None = None) -> MappingCompileError:
+        line = getattr(node, "lineno", None)
+        col = column if column is not None else getattr(node, "col_offset", -1) + 1
+        line, col = self.shift(line, col)
+        return MappingCompileError(message, self.path, line, col)
 
     def _bound(self, name: str) -> bool:
         return name in self.allowed or any(name in s for s in self.scopes)
@@ -98,7 +101,10 @@ class _Rewriter(ast.NodeTransformer):
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         if node.attr.startswith("_"):
-            raise self.fail(node, f"attributes starting with '_' are not allowed: .{node.attr}")
+            # Point at the attribute name, not at the start of the expression it hangs off.
+            same_line = node.end_lineno == node.lineno and node.end_col_offset is not None
+            column = node.end_col_offset - len(node.attr) + 1 if same_line else None  # type: ignore[operator]
+            raise self.fail(node, f"attributes starting with '_' are not allowed: .{node.attr}", column)
         if not isinstance(node.ctx, ast.Load):
             raise self.fail(node, "assignment is not allowed in a mapping")
         value = self.visit(node.value)
@@ -139,6 +145,8 @@ class _Rewriter(ast.NodeTransformer):
                     if target.id.startswith("_"):
                         raise self.fail(target, f"names starting with '_' are not allowed: {target.id}")
                     names.add(target.id)
+            # A walrus in a condition binds before the element is computed: [y for x in a if (y := f(x))]
+            names |= {sub.target.id for cond in gen.ifs for sub in ast.walk(cond) if isinstance(sub, ast.NamedExpr)}
         return self._with_scope(names, node)
 
     def visit_ListComp(self, node: ast.ListComp) -> ast.AST:
@@ -201,15 +209,30 @@ def compile_expression(
     text = source.strip()
     if not text:
         raise MappingCompileError("the expression is empty", path, None, None)
+    # Positions are reported in the source as written, although the parser sees it stripped.
+    leading = source[: len(source) - len(source.lstrip())]
+    line_shift = leading.count("\n")
+    col_shift = len(leading) - (leading.rfind("\n") + 1)
+
+    def shift(line: int | None, col: int | None) -> tuple[int | None, int | None]:
+        if line is None:
+            return None, col
+        return line + line_shift, (col + col_shift if line == 1 and col is not None else col)
+
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
-        raise MappingCompileError(f"syntax error: {exc.msg}", path, exc.lineno, exc.offset) from None
+        line, col = exc.lineno, exc.offset
+        lines = text.splitlines()
+        if line is not None and (col is None or col < 1) and 1 <= line <= len(lines):
+            col = len(lines[line - 1]) + 1  # Python 3.11 gives offset 0 at an unexpected end
+        line, col = shift(line, col)
+        raise MappingCompileError(f"syntax error: {exc.msg}", path, line, col) from None
     scope: dict[str, Any] = {name: getattr(builtins, name) for name in SAFE_BUILTINS}
     scope.update(functions)
     scope.update(extra_names or {})
     allowed = set(scope) | {"this", "meta", "True", "False", "None"}
-    body = _Rewriter(allowed, path).visit(tree.body)
+    body = _Rewriter(allowed, path, shift).visit(tree.body)
     args = ast.arguments(
         posonlyargs=[], args=[ast.arg("this"), ast.arg("meta")], kwonlyargs=[], kw_defaults=[], defaults=[]
     )

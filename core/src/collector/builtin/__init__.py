@@ -66,8 +66,37 @@ def _lazy(module: str, cls: str) -> Any:
 
 # (type, config module, config class, implementation class, description)
 _PROCESSORS: list[tuple[str, str, str, str, str]] = [
-    ("mapping", "mapping", "MappingConfig", "MappingProcessor", "Turn any record into a CloudEvent with an expression."),
+    (
+        "mapping",
+        "mapping",
+        "MappingConfig",
+        "MappingProcessor",
+        "Turn any record into a CloudEvent with an expression.",
+    ),
     ("filter", "filter", "FilterConfig", "FilterProcessor", "Keep the records for which a condition holds."),
+    (
+        "validate",
+        "validate",
+        "ValidateConfig",
+        "ValidateProcessor",
+        "Check records against OpenMeter's event rules and, optionally, a JSON Schema for data.",
+    ),
+    ("attributes", "attributes", "AttributesConfig", "AttributesProcessor", "Set, rename and delete fields."),
+    (
+        "ensure_id",
+        "ensure_id",
+        "EnsureIdConfig",
+        "EnsureIdProcessor",
+        "Give records a deterministic id, and a time, when they lack one.",
+    ),
+    ("dedupe", "dedupe", "DedupeConfig", "DedupeProcessor", "Drop events whose key was already seen within a window."),
+    (
+        "aggregate",
+        "aggregate",
+        "AggregateConfig",
+        "AggregateProcessor",
+        "Sum and count events per group over tumbling time windows, one event per group and window.",
+    ),
 ]
 
 

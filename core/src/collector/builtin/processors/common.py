@@ -51,8 +51,20 @@ class Failures:
     records: list[Any] = field(default_factory=list)
 
     def add(self, index: int, record: Any, message: str, field_name: str | None = None) -> None:
+        """One problem of record ``index``; a record may have several (one per field)."""
         self.errors.append(RecordError(index, message, field_name))
         self.records.append(record)
+
+    def by_record(self) -> list[tuple[Any, list[RecordError]]]:
+        """Each failed record once, with its errors, in the order they were first added."""
+        grouped: dict[int, tuple[Any, list[RecordError]]] = {}
+        for record, err in zip(self.records, self.errors, strict=True):
+            grouped.setdefault(err.index, (record, []))[1].append(err)
+        return list(grouped.values())
+
+    @property
+    def failed_indexes(self) -> set[int]:
+        return {err.index for err in self.errors}
 
 
 class RecordProcessor(Processor[Any]):
@@ -69,28 +81,26 @@ class RecordProcessor(Processor[Any]):
         if not failures.errors:
             return
         policy: OnError = self.config.on_error
+        failed = failures.by_record()  # a record with several problems counts (and is dead-lettered) once
         if policy == "reject":
             first = failures.errors[0]
             raise PermanentError(
-                f"processor {self.id}: {len(failures.errors)} record(s) failed; record {first.index}: {first.message}",
+                f"processor {self.id}: {len(failed)} record(s) failed; record {first.index}: {first.message}",
                 records=failures.errors,
             )
         if policy == "dead_letter":
-            store = self._store()
-            for record, err in zip(failures.records, failures.errors, strict=True):
-                await asyncio.to_thread(
-                    store.add,
-                    [record if isinstance(record, dict) else {"record": record}],
-                    "processor_error",
-                    body=err.message,
-                )
-            self.count_dropped(len(failures.errors), "dead_lettered")
+            entries = [
+                (record if isinstance(record, dict) else {"record": record}, "; ".join(e.message for e in errs))
+                for record, errs in failed
+            ]
+            await asyncio.to_thread(_dead_letter, self._store(), entries)
+            self.count_dropped(len(failed), "dead_lettered")
         else:
-            self.count_dropped(len(failures.errors), "error")
+            self.count_dropped(len(failed), "error")
         self.log.warning(
             "processor %s: %d record(s) failed and were %s; first: %s",
             self.id,
-            len(failures.errors),
+            len(failed),
             "dead-lettered" if policy == "dead_letter" else "dropped",
             failures.errors[0].message,
         )
@@ -104,3 +114,8 @@ class RecordProcessor(Processor[Any]):
         if self._deadletters is not None:
             self._deadletters.close()
             self._deadletters = None
+
+
+def _dead_letter(store: DeadLetterStore, entries: list[tuple[dict[str, Any], str]]) -> None:
+    for event, body in entries:
+        store.add([event], "processor_error", body=body)
