@@ -93,3 +93,26 @@ def test_drop_by_ids_and_all(setup):
     assert store.count() == 118
     assert cli("dlq", "drop", "-c", str(cfg), "--all").stdout.strip() == "openmeter: dropped 118 dead letter(s)"
     assert store.count() == 0
+
+
+def test_processor_dead_letters_list_and_drop(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        f"""
+receivers: {{http: {{endpoint: "127.0.0.1:0"}}}}
+processors: {{mapping/m: {{expression: "this.x + 1", on_error: dead_letter}}}}
+exporters: {{debug: {{}}}}
+storage: {{directory: {tmp_path / "data"}}}
+service: {{pipelines: {{p: {{receivers: [http], processors: [mapping/m], exporters: [debug]}}}}}}
+"""
+    )
+    store = DeadLetterStore(tmp_path / "data" / "processors" / "mapping__m" / "p" / "deadletter.sqlite")
+    store.add([{"x": "oops"}], "processor_error", body="mapping mapping/m failed: TypeError")
+    out = cli("dlq", "list", "-c", str(cfg), "--processor", "mapping/m")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "mapping/m (pipeline p): 1 dead letter(s)"
+    assert "processor_error" in out.stdout and "TypeError" in out.stdout
+    replay = cli("dlq", "replay", "-c", str(cfg), "--processor", "mapping/m")
+    assert replay.returncode == 2 and "collector map" in replay.stderr
+    assert "dropped 1" in cli("dlq", "drop", "-c", str(cfg), "--processor", "mapping/m", "--all").stdout
+    assert store.count() == 0

@@ -39,9 +39,47 @@ def _store(loaded: LoadedConfig, exporter_id: str) -> DeadLetterStore:
     return DeadLetterStore(deadletter_path(loaded.raw.storage.directory, exporter_id))
 
 
+def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[str, DeadLetterStore]]:
+    """Dead letters of a processor (on_error: dead_letter), one store per pipeline it is in."""
+    from collector.builtin.processors.common import deadletter_store_path
+    from collector.service import safe_name
+
+    pid = args.processor
+    if ("processor", pid) not in loaded.components:
+        have = ", ".join(cid for (k, cid) in loaded.components if k == "processor") or "none"
+        raise SystemExit(f"error: no processor {pid!r} in the configuration (have: {have})")
+    out = []
+    for name, pipe in loaded.raw.service.pipelines.items():
+        if pid in pipe.processors:
+            path = deadletter_store_path(loaded.raw.storage.directory / "processors" / safe_name(pid) / name)
+            if path.exists():
+                out.append((f"{pid} (pipeline {name})", DeadLetterStore(path)))
+    return out
+
+
 def run_dlq(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) -> int:
     action = args.dlq_command
     code = 0
+    if getattr(args, "processor", None):
+        if action == "replay":
+            print(
+                "error: a processor's dead letters are the records it could not process; fix the processor "
+                "(try it with `collector map`), then send the records again",
+                file=sys.stderr,
+            )
+            return 2
+        stores = _processor_stores(args, loaded)
+        if not stores:
+            print(f"{args.processor}: no dead letters")
+        for label, store in stores:
+            try:
+                if action == "list":
+                    _list(args, label, store)
+                else:
+                    code = max(code, _drop(args, label, store))
+            finally:
+                store.close()
+        return code
     for eid in _exporters(args, loaded):
         store = _store(loaded, eid)
         try:
