@@ -121,7 +121,13 @@ def test_allow_list_by_entry_point_or_distribution(make_dist, monkeypatch, clean
     monkeypatch.setenv("COLLECTOR_PLUGINS", "collector-plugin-other")
     reg = load_registry()
     status = {p.name: p.status for p in reg.plugins}
-    assert status == {"builtin": "loaded", "null": "disabled", "other": "loaded"}
+    assert {k: status[k] for k in ("builtin", "null", "other")} == {
+        "builtin": "loaded",
+        "null": "disabled",
+        "other": "loaded",
+    }
+    # Everything else installed (first-party plugins) is outside the allow-list too.
+    assert all(v == "disabled" for k, v in status.items() if k not in ("builtin", "other"))
     monkeypatch.setenv("COLLECTOR_PLUGINS", "null")
     status = {p.name: p.status for p in load_registry().plugins}
     assert status["null"] == "loaded" and status["other"] == "disabled"
