@@ -1,0 +1,34 @@
+"""The `${name}` processor (imported only when a configuration uses it)."""
+
+from __future__ import annotations
+
+from collector.components import Event, Meta, Processor
+from collector.errors import PermanentError, RecordError
+
+from collector_plugin_${package} import ${class_name}Config
+
+
+class ${class_name}Processor(Processor[${class_name}Config]):
+    async def process(self, events: list[Event], meta: Meta) -> list[Event]:
+        cfg = self.config
+        target = cfg.target or cfg.field
+        out: list[Event] = []
+        problems: list[RecordError] = []
+        for index, event in enumerate(events):
+            data = event.get("data")
+            value = data.get(cfg.field) if isinstance(data, dict) else None
+            if value is None:  # nothing to scale: pass the event on unchanged
+                out.append(event)
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                problems.append(RecordError(index, f"{cfg.field} must be a number, got {value!r}", f"data.{cfg.field}"))
+                continue
+            scaled = value * cfg.factor
+            if cfg.decimals is not None:
+                scaled = round(scaled, cfg.decimals)
+            # A new dict: never change the events you were given.
+            out.append({**event, "data": {**data, target: scaled}})
+        if problems:
+            # The whole batch is refused and the client is told which records (HTTP 400).
+            raise PermanentError(f"{len(problems)} event(s) have a non-numeric {cfg.field}", records=problems)
+        return out
