@@ -247,3 +247,13 @@ def test_unknown_preset(cli):
 def test_http_server_preset_validates(cli, tmp_path):
     out = cli("validate", "--preset", "http-server", env={"COLLECTOR_STORAGE": str(tmp_path)})
     assert out.returncode == 0, out.stderr
+
+
+def test_bad_environment_setting_is_a_one_line_error(cli, setup):
+    out = cli("validate", "-c", str(setup["config"]), env={"COLLECTOR_LOG_LEVEL": "verbose"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == "error: COLLECTOR_LOG_LEVEL: Input should be 'debug', 'info', 'warning' or 'error'"
+    out = cli("run", "-c", str(setup["config"]), env={"COLLECTOR_DRAIN_TIMEOUT": "0"})
+    assert (
+        out.returncode == 2 and out.stderr.strip() == "error: COLLECTOR_DRAIN_TIMEOUT: Input should be greater than 0"
+    )

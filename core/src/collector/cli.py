@@ -107,7 +107,10 @@ def _err(msg: str) -> None:
 
 
 def _strict(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "strict_plugins", False))
+    """--strict-plugins, or COLLECTOR_STRICT_PLUGINS=1/true/yes/on."""
+    from collector.plugins import PluginSelection
+
+    return PluginSelection.from_env(strict=bool(getattr(args, "strict_plugins", False))).strict
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -141,13 +144,30 @@ def _config_text(args: argparse.Namespace) -> tuple[str, str]:
     return text, f"preset {name} ({presets.preset_file(name)})"
 
 
-def _load(args: argparse.Namespace, registry: Registry) -> LoadedConfig:
-    from collector.config import Settings, load_config
+def _settings() -> Any:
+    """Top-level settings from COLLECTOR_* variables; a bad value is a ConfigError naming the variable."""
+    from pydantic import ValidationError
+
+    from collector.config import ConfigErrors, Settings
     from collector.errors import ConfigError
 
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigErrors(
+            [
+                ConfigError(err["msg"], "COLLECTOR_" + str(err["loc"][0]).upper() if err["loc"] else "COLLECTOR_*")
+                for err in exc.errors(include_url=False, include_input=False)
+            ]
+        ) from None
+
+
+def _load(args: argparse.Namespace, registry: Registry) -> LoadedConfig:
+    from collector.config import load_config
+
     text, source = _config_text(args)
-    loaded = load_config(text, registry, source=source, settings=Settings())
-    problems = registry.check(strict=_strict(args) or os.environ.get("COLLECTOR_STRICT_PLUGINS") == "1")
+    loaded = load_config(text, registry, source=source, settings=_settings())
+    problems = registry.check(strict=_strict(args))
     if problems:
         from collector.config import ConfigErrors
 
@@ -170,12 +190,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from collector.config import Settings
     from collector.errors import ConfigError
     from collector.runtime import ConfigSource, Runtime
     from collector.telemetry import setup_logging
 
-    settings = Settings()
+    try:
+        settings = _settings()
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
     setup_logging(settings.log_level or "info", settings.log_format or "auto")
     log = logging.getLogger("collector.cli")
     registry = _registry(args)

@@ -117,6 +117,7 @@ class ExporterRunner:
         self._wake: asyncio.Event | None = None
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"queue-{exporter_id}")
         self._labels = {"exporter": exporter_id}
+        self._dl_counted_at = -1e9
 
     # -- service side (called on the service loop) ------------------------------
 
@@ -205,6 +206,13 @@ class ExporterRunner:
         m.queue_quarantined.labels(**lb).set(st.quarantined)
         m.in_flight.labels(**lb).set(self.stats.in_flight_events)
         m.exporter_paused.labels(**lb).set(1 if self.stats.paused else 0)
+        now = time.monotonic()
+        if now - self._dl_counted_at > 5.0:  # a COUNT(*) at most every 5 s; the CLI may change the store too
+            self._dl_counted_at = now
+            try:
+                m.dead_letter_events.labels(**lb).set(self.deadletters.count())
+            except Exception:  # a closed or busy store: keep the last value
+                pass
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None

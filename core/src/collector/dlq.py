@@ -30,7 +30,10 @@ def _exporters(args: argparse.Namespace, loaded: LoadedConfig) -> list[str]:
     ids = [cid for (kind, cid) in loaded.components if kind == "exporter"]
     if args.exporter:
         if args.exporter not in ids:
-            raise SystemExit(f"error: no exporter {args.exporter!r} in the configuration (have: {', '.join(ids)})")
+            print(
+                f"error: no exporter {args.exporter!r} in the configuration (have: {', '.join(ids)})", file=sys.stderr
+            )
+            raise SystemExit(2)
         return [args.exporter]
     return ids
 
@@ -47,7 +50,8 @@ def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tu
     pid = args.processor
     if ("processor", pid) not in loaded.components:
         have = ", ".join(cid for (k, cid) in loaded.components if k == "processor") or "none"
-        raise SystemExit(f"error: no processor {pid!r} in the configuration (have: {have})")
+        print(f"error: no processor {pid!r} in the configuration (have: {have})", file=sys.stderr)
+        raise SystemExit(2)
     out = []
     for name, pipe in loaded.raw.service.pipelines.items():
         if pid in pipe.processors:

@@ -115,7 +115,10 @@ class Registry:
     # -- collection (called once by load_registry) ---------------------------
 
     def _collect(self) -> None:
-        by_name = {p.name: p for p in self.plugins}
+        # Only plugins registered with pluggy have hook implementations; an entry
+        # point that was disabled (or failed) may share its name with an
+        # in-process plugin, so it must not be looked up by that name.
+        by_name = {p.name: p for p in self.plugins if p.status == "loaded"}
         for kind in KINDS:
             hook = getattr(self._pm.hook, _HOOK_BY_KIND[kind])
             for impl in hook.get_hookimpls():  # registration order

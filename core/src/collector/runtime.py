@@ -24,7 +24,7 @@ from collector.config import LoadedConfig
 from collector.errors import ConfigError
 from collector.plugins import Registry
 from collector.service import Service
-from collector.telemetry import Telemetry
+from collector.telemetry import Telemetry, setup_logging
 
 log = logging.getLogger("collector.runtime")
 
@@ -116,6 +116,8 @@ class Runtime:
         try:
             await self._start_admin(new.raw.service.telemetry.endpoint)
             await self._start_service(new)
+            tel = new.raw.service.telemetry
+            setup_logging(tel.log_level, tel.log_format)
             log.info("configuration reloaded")
         except Exception as exc:
             log.error("the new configuration failed to start (%s); restarting the previous one", exc)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 ComponentKind = Literal["receiver", "processor", "exporter", "coordinator"]
 KINDS: tuple[ComponentKind, ...] = ("receiver", "processor", "exporter", "coordinator")
-# The YAML section each kind lives in (coordinators sit under ``service``).
+# The top-level YAML section each kind lives in (``service.coordinator`` picks a coordinator).
 SECTION: dict[str, str] = {
     "receiver": "receivers",
     "processor": "processors",
