@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from collector.cloudevents import validate_events
-from collector.components import Batch, Event, Meta, Processor
+from collector.components import Batch, Event, Meta, OutcomeHook, Processor
 from collector.delivery import ExporterRunner
 from collector.errors import BackpressureError, PermanentError, RecordError
 from collector.telemetry import Metrics
+
+log = logging.getLogger("collector.pipeline")
 
 # Receivers that validated CloudEvents themselves say so in the metadata, so
 # a pipeline without processors does not validate the same events twice.
@@ -34,18 +37,37 @@ class Pipeline:
 
     def _forwarder(self, start: int) -> Callable[[list[Event], Meta], Awaitable[None]]:
         async def forward(events: list[Event], meta: Meta) -> None:
-            out = await self.prepare(events, meta, start=start)
-            if out:
-                await commit([(runner, out) for runner in self.exporters])
+            hooks: list[OutcomeHook] = []
+            try:
+                out = await self.prepare(events, meta, start=start, hooks=hooks)
+                if out:
+                    await commit([(runner, out) for runner in self.exporters])
+            except BaseException:
+                await settle(hooks, committed=False)
+                raise
+            await settle(hooks, committed=True)
 
         return forward
 
-    async def prepare(self, events: list[Event], meta: Meta, *, start: int = 0) -> list[Event]:
+    async def prepare(
+        self, events: list[Event], meta: Meta, *, start: int = 0, hooks: list[OutcomeHook] | None = None
+    ) -> list[Event]:
         """Run the processors (from ``start``) and validate the result against OpenMeter's rules.
 
         Errors name the record the receiver emitted (``Batch.origins``), so a
         client posting raw JSON is told which of *its* records failed.
+
+        The processors' outcome hooks (``Batch.on_outcome``) are appended to
+        ``hooks``; the caller must :func:`settle` them once the commit succeeded
+        or failed.  Without ``hooks`` nothing is committed (``collector map``):
+        they are settled as not committed before returning.
         """
+        if hooks is None:
+            own: list[OutcomeHook] = []
+            try:
+                return await self.prepare(events, meta, start=start, hooks=own)
+            finally:
+                await settle(own, committed=False)
         meta = {**meta, "pipeline": self.name}
         batch = Batch.of(events)
         for processor in self.processors[start:]:
@@ -57,6 +79,9 @@ class Pipeline:
             except PermanentError as exc:
                 exc.records = [_remap(before, r) for r in exc.records]
                 raise
+            if batch.on_outcome:
+                hooks.extend(batch.on_outcome)
+                batch.on_outcome.clear()
         if batch.events and (self.processors or not meta.get(VALIDATED)):
             errors = validate_events(batch.events)
             if errors:
@@ -72,6 +97,25 @@ class Pipeline:
 
 def _remap(batch: Batch, error: RecordError) -> RecordError:
     return RecordError(batch.origin(error.index), error.message, error.field)
+
+
+async def settle(hooks: Sequence[OutcomeHook], *, committed: bool) -> None:
+    """Tell the processors how the call ended (see ``Batch.on_outcome``), latest first.
+
+    After a commit, a hook that raises fails the call: the hooks still to run
+    are told False and the error goes to the receiver (its client retries).
+    """
+    error: BaseException | None = None
+    for hook in reversed(hooks):
+        try:
+            await hook(committed and error is None)
+        except Exception as exc:
+            if committed and error is None:
+                error = exc
+            else:
+                log.exception("an outcome hook failed after the call had already failed")
+    if error is not None:
+        raise error
 
 
 async def commit(targets: Sequence[tuple[ExporterRunner, list[Event]]]) -> None:
@@ -90,7 +134,9 @@ class ReceiverFanout:
     checked for room; then the commits run concurrently.  If one queue commits
     and another fails at that last step, the client is told to retry and the
     first queue holds the batch twice: with deterministic ids the destination
-    deduplicates (at-least-once, DESIGN.md section 6).
+    deduplicates (at-least-once, DESIGN.md section 6).  Then the processors'
+    outcome hooks run (dedupe records its keys, aggregate absorbs its input),
+    and only then does the receiver acknowledge.
     """
 
     def __init__(self, receiver_id: str, pipelines: Sequence[Pipeline], metrics: Metrics) -> None:
@@ -104,13 +150,19 @@ class ReceiverFanout:
         m.received.labels(receiver=self.receiver_id).inc(n)
         meta = dict(meta or {})
         meta.setdefault("receiver", self.receiver_id)
+        hooks: list[OutcomeHook] = []
         try:
-            targets: list[tuple[ExporterRunner, list[Event]]] = []
-            for pipeline in self.pipelines:
-                out = await pipeline.prepare(list(events), meta)
-                if out:
-                    targets.extend((runner, out) for runner in pipeline.exporters)
-            await commit(targets)
+            try:
+                targets: list[tuple[ExporterRunner, list[Event]]] = []
+                for pipeline in self.pipelines:
+                    out = await pipeline.prepare(list(events), meta, hooks=hooks)
+                    if out:
+                        targets.extend((runner, out) for runner in pipeline.exporters)
+                await commit(targets)
+            except BaseException:
+                await settle(hooks, committed=False)
+                raise
+            await settle(hooks, committed=True)
         except PermanentError:
             m.refused.labels(receiver=self.receiver_id, reason="invalid").inc(n)
             raise

@@ -63,6 +63,8 @@ from collector.state import Entry, StateStore, evictions_counter
 STATE_FILE = "aggregate.sqlite"
 NS_WINDOWS = "windows"
 NS_SEEN = "seen"
+NS_META = "meta"
+CLOSED_BEFORE = "closed_before"  # ms: every window ending before it may have been emitted
 EMIT_BATCH = 500  # windows per forward
 _PAD = 15  # digits of the millisecond timestamp that prefixes a window's key (sorts by closing time)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -275,9 +277,17 @@ class AggregateProcessor(RecordProcessor):
 
     async def _start(self) -> None:
         path = self.ctx.storage_dir / STATE_FILE
-        self.store = await asyncio.to_thread(StateStore, path, max_keys=self.config.max_keys, on_full="evict")
+        self.store = await asyncio.to_thread(self._open, path)
         self._stopping = False
         self._task = asyncio.create_task(self._closer(), name=f"aggregate-closer:{self.id}")
+
+    def _open(self, path: Any) -> StateStore:
+        store = StateStore(path, max_keys=self.config.max_keys, on_full="evict")
+        with store.transaction() as tx:
+            # Created while the store has room, so that a full store never stops windows from closing.
+            if tx.get(NS_META, CLOSED_BEFORE) is None:
+                tx.put(NS_META, CLOSED_BEFORE, 0)
+        return store
 
     async def _shutdown(self) -> None:
         self._stopping = True
@@ -420,6 +430,9 @@ class AggregateProcessor(RecordProcessor):
         with store.transaction() as tx:
             input_keys = [it.input_key for it in items if it.input_key is not None]
             seen = set(tx.get_many(NS_SEEN, input_keys, now=now)) if input_keys else set()
+            # Windows ending before this were claimed by a closing pass (whatever the clock says now):
+            # guards against a wall clock that steps back, or another process whose clock is ahead.
+            closed_before = int(tx.get(NS_META, CLOSED_BEFORE, 0))
             main = {id(it): _key(it.end, self._bucket_id(it, None)) for it in items}
             buckets: dict[str, dict[str, Any]] = tx.get_many(NS_WINDOWS, main.values())
             dirty: set[str] = set()
@@ -433,22 +446,22 @@ class AggregateProcessor(RecordProcessor):
                     remember.append(item.input_key)
                 key = main[id(item)]
                 bucket = buckets.get(key)
-                if bucket is None and item.end + self.lateness_ms >= now_ms:
+                if bucket is None and item.end >= closed_before and item.end + self.lateness_ms >= now_ms:
                     bucket = buckets[key] = self._new_bucket(item, None)
                 elif bucket is None or bucket["closing"]:
                     # Its window was emitted (or is being emitted): never add to what went out.
                     if self.config.late == "drop":
                         late += 1
                         continue
-                    key, bucket = self._correction_bucket(tx, buckets, item, now_ms)
+                    key, bucket = self._correction_bucket(tx, buckets, item, max(now_ms, closed_before))
                 self._merge(bucket, item)
                 dirty.add(key)
                 absorbed += 1
-            tx.put_many(NS_WINDOWS, [(k, buckets[k]) for k in dirty], now=now)
-            evicted = 0
+            # Windows have no expiry, so room for them can only come from expired or evicted ids.
+            evicted = tx.put_many(NS_WINDOWS, [(k, buckets[k]) for k in dirty], now=now)
             if remember:
                 expires = now + self.dedupe_window
-                evicted = tx.put_many(NS_SEEN, [(k, b"", expires) for k in remember], now=now)
+                evicted += tx.put_many(NS_SEEN, [(k, b"", expires) for k in remember], now=now)
                 tx.purge_expired(now, limit=max(1000, 2 * len(remember)))
         return absorbed, duplicates, late, evicted
 
@@ -510,6 +523,8 @@ class AggregateProcessor(RecordProcessor):
         if boundary <= 0:
             return []
         with store.transaction() as tx:
+            if boundary > int(tx.get(NS_META, CLOSED_BEFORE, 0)):
+                tx.put(NS_META, CLOSED_BEFORE, boundary)
             due = tx.items(NS_WINDOWS, end=f"{boundary:0{_PAD}d}", limit=limit)
             mark = [(e.key, {**e.value, "closing": True}) for e in due if not e.value["closing"]]
             if mark:

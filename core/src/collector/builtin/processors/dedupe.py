@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from pydantic import Field, field_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
@@ -44,6 +43,7 @@ from collector.state import StateStore, evictions_counter
 NAMESPACE = "keys"
 STATE_FILE = "dedupe.sqlite"
 PURGE_LIMIT = 1000  # expired keys deleted per committed batch at most (bounded work)
+PENDING_WAIT = 60.0  # seconds a call waits for another in-flight call holding the same keys
 
 
 def _seconds(value: Any) -> float:
@@ -140,7 +140,7 @@ class DedupeProcessor(RecordProcessor):
         for i, record in enumerate(batch.events):
             try:
                 keys.append(self._key(record, meta))
-            except (Exception, orjson.JSONEncodeError) as exc:
+            except Exception as exc:  # the expression's own error, or a key orjson cannot serialise
                 keys.append(None)
                 failed.add(i)
                 snippet = f" (key: {self.key_mapping.snippet()})" if self.key_mapping else ""
@@ -152,11 +152,21 @@ class DedupeProcessor(RecordProcessor):
         unique = list(dict.fromkeys(k for k in keys if k is not None))
         # Wait for in-flight calls holding any of our keys, then claim them all at once
         # (no await between the check and the claim, so two calls never both claim a key).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PENDING_WAIT
         while True:
             waits = {id(f): f for k in unique if (f := self._pending.get(k)) is not None}
             if not waits:
                 break
-            await asyncio.wait(list(waits.values()))
+            left = deadline - loop.time()
+            if left <= 0:
+                # A call that never settled (a bug elsewhere) must not block these keys forever;
+                # the worst outcome of going on is one duplicate.
+                self.log.warning(
+                    "dedupe %s: keys in flight for over %.0fs; checking them anyway", self.id, PENDING_WAIT
+                )
+                break
+            await asyncio.wait(list(waits.values()), timeout=left)
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for k in unique:
             self._pending[k] = outcome
