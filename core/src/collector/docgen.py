@@ -213,7 +213,9 @@ def default_text(name: str, field: FieldInfo) -> str:
 def yaml_value(value: Any) -> Any:
     """A default as plain YAML data (models as mappings, paths as strings, secrets as null)."""
     if isinstance(value, BaseModel):
-        return {name: yaml_value(getattr(value, name)) for name in type(value).model_fields}
+        return {
+            (f.alias or name): yaml_value(getattr(value, name)) for name, f in type(value).model_fields.items()
+        }
     if isinstance(value, SecretStr):
         return None
     if isinstance(value, Path):
@@ -280,7 +282,8 @@ def model_tables(model: type[BaseModel], path: str = "", level: int = 2) -> str:
     out: list[str] = []
     nested: list[_Section] = []
     rows = ["| Field | Type | Default | Description |", "|---|---|---|---|"]
-    for name, field in model.model_fields.items():
+    for attr, field in model.model_fields.items():
+        name = field.alias or attr  # what is written in YAML (`as`, not `as_`)
         found = nested_model(field.annotation)
         sub_path = None
         if found:
