@@ -153,3 +153,15 @@ def test_plugins_command_lists_broken_plugin_and_json(make_dist, cli, tmp_path):
     assert broken["status"] == "failed" and broken["version"] == "0.1.0"
     strict = cli("plugins", "--strict-plugins", env=env)
     assert strict.returncode == 2
+
+
+def test_validate_with_strict_plugins_refuses_a_broken_plugin(make_dist, cli, tmp_path):
+    make_dist("collector-plugin-broken", "cp_broken_strict", BROKEN, version="0.2.0", ep_name="broken")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL_CONFIG % ("debug", "debug"))
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    assert cli("validate", "-c", str(cfg), env=env).returncode == 0  # a warning only
+    for args, extra in (((), {"COLLECTOR_STRICT_PLUGINS": "true"}), (("--strict-plugins",), {})):
+        out = cli("validate", *args, "-c", str(cfg), env={**env, **extra})
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith("error: plugins: plugin 'broken' (collector-plugin-broken 0.2.0) failed to load")

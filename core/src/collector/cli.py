@@ -170,6 +170,7 @@ def _load(args: argparse.Namespace, registry: Registry) -> LoadedConfig:
     problems = registry.check(strict=_strict(args))
     if problems:
         from collector.config import ConfigErrors
+        from collector.errors import ConfigError
 
         raise ConfigErrors([ConfigError(p, "plugins") for p in problems])
     return loaded

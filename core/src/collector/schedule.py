@@ -334,6 +334,10 @@ class PullReceiver(Receiver[ConfigT]):
                 if self._stopping or not self.is_leader():
                     break
                 await self._run_window_until_done(window)
+            if windows and not self._stopping:
+                # Retries can outlast a window: collect the windows that came due meanwhile
+                # now, rather than sleeping until the next boundary first.
+                continue
             if self.watermark is not None:
                 self._m_lag.set(max(0.0, clock.time() - self.watermark))
             nxt = self.schedule.next_end(self.schedule.end_at_or_before(clock.time() - self.offset))
@@ -376,8 +380,16 @@ class PullReceiver(Receiver[ConfigT]):
         if self._stopping or seconds <= 0:
             await asyncio.sleep(0)
             return
-        sleeper = asyncio.ensure_future(self.ctx.clock.sleep(seconds))
+        # The deadline is fixed now, not when the sleeper task first runs: a clock that
+        # moves in between (a FakeClock advanced by a test) must not push the wake-up later.
+        deadline = self.ctx.clock.monotonic() + seconds
+        sleeper = asyncio.ensure_future(self._sleep_until(deadline))
         waker = asyncio.ensure_future(self._wake.wait())
         await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
         sleeper.cancel()
         waker.cancel()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        clock = self.ctx.clock
+        while (left := deadline - clock.monotonic()) > 0:
+            await clock.sleep(left)
