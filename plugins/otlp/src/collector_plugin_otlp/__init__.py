@@ -1,0 +1,36 @@
+"""collector-plugin-otlp: declares the ``otlp`` receiver.
+
+This module is the plugin's entry point, imported whenever the collector loads
+plugins.  It only declares the receiver (config model and factory); grpc,
+protobuf and the OpenTelemetry protos are imported by the factory, only when a
+configuration uses the receiver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector.hookspecs import hookimpl
+from collector.specs import ComponentSpec
+from collector_plugin_otlp.config import OtlpReceiverConfig
+
+__all__ = ["OtlpReceiverConfig", "collector_receivers"]
+
+
+def _make_receiver(ctx: Any, config: OtlpReceiverConfig) -> Any:
+    from collector_plugin_otlp.receiver import OtlpReceiver
+
+    return OtlpReceiver(ctx, config)
+
+
+@hookimpl
+def collector_receivers() -> list[ComponentSpec]:
+    return [
+        ComponentSpec(
+            "receiver",
+            "otlp",
+            OtlpReceiverConfig,
+            _make_receiver,
+            description="OpenTelemetry logs, metrics and traces (OTLP/gRPC and OTLP/HTTP) as records for mappings.",
+        )
+    ]

@@ -1,0 +1,191 @@
+"""Cumulative to delta: the rules, their persistence, and crash safety (DeltaState on its own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from collector_plugin_otlp.delta import NS_RUNS, DeltaState
+from collector_plugin_otlp.records import metric_points
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from otlp_support import T0, sum_request
+
+NOW = 1_714_564_800.0
+
+
+def points(*pts, **kwargs):
+    found, _ = metric_points(sum_request(list(pts), **kwargs))
+    return found
+
+
+class Harness:
+    """One DeltaState driven like the receiver drives it: read, plan, write, commit, settle."""
+
+    def __init__(self, directory: Path, **kwargs) -> None:
+        self.directory = directory
+        self.kwargs = kwargs
+        self.state = self._open()
+
+    def _open(self) -> DeltaState:
+        state = DeltaState(self.directory, **self.kwargs)
+        state.open(NOW)
+        return state
+
+    def export(self, pts, *, rejected: set[int] | None = frozenset(), settle: bool = True):
+        stored = self.state.read({p.series for p in pts}, NOW)
+        plan = self.state.plan(pts, stored)
+        self.state.write(plan, NOW)
+        if settle:
+            self.state.settle(plan, None if rejected is None else set(rejected), NOW)
+        return plan
+
+    def values(self, pts, **kwargs) -> list:
+        return [r.get("value", (r.get("count"), r.get("sum"))) for r in self.export(pts, **kwargs).records]
+
+    def restart(self, *, clean: bool) -> None:
+        if clean:
+            self.state.close(clean=True)
+        else:  # a crash: nothing is closed, the run marker stays
+            self.state.store._db.close()
+        self.state = self._open()
+
+
+@pytest.fixture
+def h(tmp_path):
+    return Harness(tmp_path)
+
+
+def test_first_point_counts_its_whole_value_then_differences(h):
+    assert h.values(points((10, 5, {"u": "a"}))) == [5]
+    assert h.values(points((20, 8, {"u": "a"}))) == [3]
+    plan = h.export(points((30, 8.5, {"u": "a"})))
+    assert plan.records[0]["value"] == 0.5
+    assert plan.records[0]["temporality"] == "delta"
+    assert plan.records[0]["start_time"] == "2024-05-01T12:00:20Z"  # the previous point's time
+    assert plan.records[0]["time"] == "2024-05-01T12:00:30Z"
+
+
+def test_initial_value_drop_only_remembers_the_baseline(tmp_path):
+    h = Harness(tmp_path, initial_value="drop")
+    assert h.values(points((10, 5, {}))) == []
+    assert h.values(points((20, 9, {}))) == [4]
+
+
+def test_a_resent_or_older_point_adds_nothing(h):
+    assert h.values(points((10, 5, {}))) == [5]
+    assert h.values(points((10, 5, {}))) == []  # the same export again
+    assert h.values(points((5, 3, {}))) == []  # an older point
+    assert h.values(points((20, 7, {}))) == [2]
+
+
+def test_series_are_independent(h):
+    assert h.values(points((10, 5, {"u": "a"}), (10, 1, {"u": "b"}))) == [5, 1]
+    assert h.values(points((20, 6, {"u": "a"}), (20, 4, {"u": "b"}))) == [1, 3]
+    assert h.values(points((20, 6, {"u": "a"}), (30, 4, {"u": "b"}))) == [0]
+
+
+def test_several_points_of_one_series_in_one_request(h):
+    assert h.values(points((10, 5, {}), (20, 7, {}), (15, 6, {}), (30, 10, {}))) == [5, 2, 3]
+
+
+def test_a_lower_value_is_a_counter_reset(h):
+    h.export(points((10, 50, {})))
+    plan = h.export(points((20, 4, {})))  # the process restarted and counts again from 0
+    assert [r["value"] for r in plan.records] == [4]
+    assert h.values(points((30, 6, {}))) == [2]
+
+
+def test_a_new_start_time_is_a_counter_reset(h):
+    h.export(points((10, 50, {})))
+    assert h.values(points((20, 70, {}), start=T0 + 15 * 10**9)) == [70]
+    # and an old point from before the reset (a late re-send) adds nothing
+    assert h.values(points((12, 55, {}))) == []
+
+
+def test_non_monotonic_sums_go_down_without_a_reset(h):
+    h.export(points((10, 50, {}), monotonic=False))
+    assert h.values(points((20, 45, {}), monotonic=False)) == [-5]
+
+
+def test_delta_and_gauge_points_pass_through_without_state(h):
+    plan = h.export(points((10, 5, {}), cumulative=False))
+    assert [r["value"] for r in plan.records] == [5] and not plan.steps
+    assert h.values(points((10, 5, {}), cumulative=False)) == [5]  # no state: a re-send is the mapping's business
+
+
+def test_histograms_give_count_and_sum_deltas(h):
+    def hist(offset, count, total):
+        dp = metrics_pb2.HistogramDataPoint(
+            start_time_unix_nano=T0, time_unix_nano=T0 + offset * 10**9, count=count, sum=total
+        )
+        req = sum_request([])
+        m = req.resource_metrics[0].scope_metrics[0].metrics[0]
+        m.ClearField("sum")
+        m.histogram.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+        m.histogram.data_points.append(dp)
+        return metric_points(req)[0]
+
+    assert h.values(hist(10, 2, 30.0)) == [(2, 30.0)]
+    assert h.values(hist(20, 5, 45.0)) == [(3, 15.0)]
+    assert h.values(hist(30, 1, 7.0)) == [(1, 7.0)]  # count went down: reset
+
+
+def test_state_survives_a_clean_restart_without_replays(h):
+    h.values(points((10, 5, {})))
+    h.restart(clean=True)
+    assert h.values(points((10, 5, {}))) == []
+    assert h.values(points((20, 9, {}))) == [4]
+    assert h.state.store.count(NS_RUNS) == 1  # only the running one
+
+
+def test_an_entry_left_by_a_crash_is_replayed_unchanged(h):
+    first = h.export(points((10, 5, {})))  # committed...
+    h.export(points((20, 9, {})), settle=False)  # ...then a crash around the commit of the second
+    pending = h.state.read({first.records[0]["series"]}, NOW)
+    h.restart(clean=False)
+    plan = h.export(points((30, 12, {})))
+    # the in-doubt record again (same content, so the same event id downstream), then the new delta
+    assert plan.records[0] == pending[first.records[0]["series"]]["rec"]
+    assert [r["value"] for r in plan.records] == [4, 3]
+    assert plan.origins == [None, 0]
+    # trusted from now on: a clean restart replays nothing
+    h.restart(clean=True)
+    assert h.values(points((40, 13, {}))) == [1]
+
+
+def test_a_resend_after_a_crash_replays_without_counting_twice(h):
+    h.export(points((10, 5, {})), settle=False)
+    h.restart(clean=False)
+    assert h.values(points((10, 5, {}))) == [5]  # the replay only; the point itself is not newer
+    assert h.values(points((10, 5, {}))) == []
+
+
+def test_a_rejected_record_leaves_its_series_where_it_was(h):
+    h.export(points((10, 5, {})))
+    assert h.values(points((20, 9, {})), rejected={0}) == [4]  # planned, refused by the pipeline
+    assert h.values(points((30, 12, {}))) == [7]  # the next delta covers the refused interval
+
+
+def test_a_failed_commit_restores_and_a_retry_counts_once(h):
+    h.export(points((10, 5, {})))
+    assert h.values(points((20, 9, {})), rejected=None) == [4]  # a call known to have committed nothing
+    assert h.values(points((20, 9, {}))) == [4]
+
+
+def test_an_unknown_outcome_in_this_run_is_replayed(h):
+    h.export(points((10, 5, {})))
+    plan = h.export(points((20, 9, {})), settle=False)
+    h.state.mark_in_doubt(plan)
+    again = h.export(points((30, 12, {})))
+    assert [r["value"] for r in again.records] == [4, 3]
+    assert again.records[0] == plan.records[0]
+    assert not h.state.doubt
+    h.restart(clean=True)
+    assert h.state.store.count(NS_RUNS) == 1
+
+
+def test_series_ttl_forgets_silent_series(tmp_path):
+    h = Harness(tmp_path, series_ttl=60.0)
+    h.export(points((10, 5, {})))
+    stored = h.state.read({points((10, 5, {}))[0].series}, NOW + 120)
+    assert stored == {}

@@ -1,0 +1,207 @@
+"""Ingest benchmarks: the collector beside its baselines, measured in one run.
+
+    python tests/bench/bench_ingest.py [--duration 5] [--connections 64]
+
+* baseline (single events): tests/bench/baseline_server.py, a minimal aiohttp
+  handler that reads the body and answers 204, driven by loadgen.py;
+* baseline (batches): plain sqlite3, WAL, ``synchronous=FULL``, 100 rows per
+  commit, rows/s (the same as tests/bench/bench_queue.py's baseline);
+* collector: ``collector run -c cfg.yaml`` (http receiver, durable queue with
+  ``durability: full``, openmeter exporter to tests/bench/sink.py), driven by
+  the same load generator with one event per request, then 100 per request.
+  A 2xx means the events are committed (fsync'd): the collector answers only
+  after the group commit that holds them.
+
+Each figure is counted inside a window after a warm-up; the collector's CPU
+time and peak RSS over the window are read from /proc.  After the load the
+bench waits until the sink holds every acknowledged event (nothing lost, and
+delivery keeps up) and reports how long that took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from harness import (
+    BENCH_DIR,
+    PYTHON,
+    Collector,
+    Procs,
+    SinkProc,
+    cpu_seconds,
+    free_port,
+    machine_cpu_seconds,
+    rss_mib,
+    run_loadgen,
+)
+from harness import wait_port as _wait_port
+from loadgen import event_template
+
+BATCH = 100
+
+
+def sqlite_baseline(directory: Path, rows: int = 100_000) -> dict[str, Any]:
+    """Plain sqlite3: batched inserts of 100 rows per commit, WAL + synchronous=FULL."""
+    path = directory / "baseline.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (_id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB)")
+    payloads = [(orjson.dumps(event_template("base", i)),) for i in range(BATCH)]
+    commits = rows // BATCH
+    started = time.perf_counter()
+    for _ in range(commits):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t (data) VALUES (?)", payloads)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return {"rows_per_s": commits * BATCH / elapsed, "rows": commits * BATCH, "commits_per_s": commits / elapsed}
+
+
+def _load(
+    url: str,
+    pid: int,
+    *,
+    connections: int,
+    events: int,
+    warmup: float,
+    duration: float,
+    helper_pids: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    """Drive ``url``; sample the server's CPU and RSS, and the CPU others took meanwhile.
+
+    ``foreign_cpu_pct`` is the machine's busy CPU during the load minus the
+    server's, the load generator's and the helpers' (the sink): what other
+    work on the machine took, in % of one core.  Above ~20 the figure is noisy.
+    """
+    helpers0 = sum(cpu_seconds(p) for p in helper_pids)
+    busy0, _ = machine_cpu_seconds()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    result = run_loadgen(
+        url,
+        timeout=warmup + duration + 60,
+        connections=connections,
+        events_per_request=events,
+        warmup=warmup,
+        duration=duration,
+    )
+    elapsed = time.monotonic() - t0
+    server_cpu = cpu_seconds(pid) - cpu0
+    helpers_cpu = sum(cpu_seconds(p) for p in helper_pids) - helpers0
+    others = machine_cpu_seconds()[0] - busy0 - server_cpu - helpers_cpu - result["loadgen_cpu_s"]
+    result["server_cpu_pct"] = round(server_cpu / elapsed * 100, 1)
+    result["foreign_cpu_pct"] = round(max(0.0, others) / elapsed * 100, 1)
+    result["server_rss_mib"], result["server_peak_rss_mib"] = (round(v, 1) for v in rss_mib(pid))
+    return result
+
+
+def aiohttp_baseline(
+    procs: Procs, *, connections: int, warmup: float, duration: float, events: int = 1
+) -> dict[str, Any]:
+    port = free_port()
+    proc = procs.start("baseline", [PYTHON, str(BENCH_DIR / "baseline_server.py"), "--port", str(port)])
+    try:
+        _wait_port(port, 30, proc)
+        return _load(
+            f"http://127.0.0.1:{port}/api/v1/events",
+            proc.pid,
+            connections=connections,
+            events=events,
+            warmup=warmup,
+            duration=duration,
+        )
+    finally:
+        procs.stop(proc)
+
+
+def wait_delivered(collector: Collector, sink: SinkProc, timeout: float) -> dict[str, Any]:
+    """Wait until the sink holds everything the collector enqueued and its queue is empty."""
+    started = time.monotonic()
+    while True:
+        m = collector.metrics()
+        c = sink.count()
+        done = m.get("queued", 1) == 0 and c["unique"] >= m.get("enqueued", 0)
+        if done or time.monotonic() - started > timeout:
+            return {
+                "all_delivered": bool(done),
+                "catch_up_s": round(time.monotonic() - started, 2),
+                "enqueued": int(m.get("enqueued", 0)),
+                "sink_unique": c["unique"],
+                "sink_events": c["events"],
+            }
+        time.sleep(0.1)
+
+
+def collector_ingest(
+    procs: Procs,
+    workdir: Path,
+    *,
+    connections: int,
+    warmup: float,
+    duration: float,
+    batch_sizes: tuple[int, ...] = (1, BATCH),
+    env: dict[str, str] | None = None,
+    exe: list[str] | None = None,
+    name: str = "collector",
+) -> dict[str, Any]:
+    """One collector (with its sink), loaded with each batch size in turn."""
+    sink = SinkProc(procs)
+    sink.start()
+    collector = Collector(procs, workdir, sink.port, name=name)
+    collector.start(env=env, exe=exe)
+    out: dict[str, Any] = {}
+    try:
+        for events in batch_sizes:
+            result = _load(
+                collector.url,
+                collector.pid,
+                connections=connections,
+                events=events,
+                warmup=warmup,
+                duration=duration,
+                helper_pids=(sink.proc.pid,) if sink.proc is not None else (),
+            )
+            result["queued_at_end"] = int(collector.metrics().get("queued", -1))
+            result["delivery"] = wait_delivered(collector, sink, timeout=60)
+            out[f"events_{events}"] = result
+        out["peak_rss_mib"] = round(rss_mib(collector.pid)[1], 1)
+    finally:
+        collector.stop()
+        sink.stop()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--only", choices=["baseline", "collector", "sqlite"], default=None)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, Procs(Path(tmp)) as procs:
+        results: dict[str, Any] = {}
+        if args.only in (None, "sqlite"):
+            results["sqlite"] = sqlite_baseline(Path(tmp))
+        if args.only in (None, "baseline"):
+            results["aiohttp"] = aiohttp_baseline(
+                procs, connections=args.connections, warmup=args.warmup, duration=args.duration
+            )
+        if args.only in (None, "collector"):
+            results["collector"] = collector_ingest(
+                procs, Path(tmp), connections=args.connections, warmup=args.warmup, duration=args.duration
+            )
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Benchmark: OTLP/gRPC log records per second, acknowledged only after the commit.
+
+    .venv/bin/python tests/bench/bench_otlp.py [--duration 5] [--rounds 2] [--concurrency 8] [--batch 512]
+
+* collector: ``collector run -c cfg.yaml`` in a subprocess: the ``otlp``
+  receiver (gRPC only), a ``mapping`` processor that makes one usage event per
+  log record (stable id, subject, data), the durable queue with
+  ``durability: full`` and the ``debug`` exporter writing a summary per batch
+  to /dev/null (so delivery runs, as it would in production, but costs little).
+  An OK answer means the records' events are committed (fsync'd).
+* baseline, in the same run: a ``grpc.aio`` server in a subprocess that only
+  decodes the ExportLogsServiceRequest (protobuf) and answers.
+
+Both are driven by the same load: ``--concurrency`` Export calls in flight on
+one gRPC channel from this process, ``--batch`` log records per request (the
+SDK's BatchLogRecordProcessor exports up to 512), requests cycling over a few
+pre-encoded payloads.  Records are counted inside a window after a warm-up;
+rounds are interleaved (baseline, collector, baseline, ...) and the median is
+kept.  Needs the otlp plugin (``make install``).  Takes about 30 s; every
+process binds 127.0.0.1 and is ended by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import PYTHON, Procs, collector_exe, cpu_seconds, free_port, http_get, machine_busy_pct, wait_port
+
+EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+
+MAPPING = """\
+{"specversion": "1.0", "type": "api-request", "source": "otlp-logs/" + coalesce(this.resource["service.name"], "x"),
+ "id": coalesce(this.attributes["request.id"], stable_id(this.time, this.body)),
+ "time": coalesce(this.time, this.observed_time), "subject": this.attributes["customer.id"],
+ "data": {"route": this.attributes["http.route"], "duration_ms": this.attributes["duration_ms"]}}"""
+
+CONFIG = """\
+receivers:
+  otlp:
+    grpc: {{endpoint: "127.0.0.1:{grpc_port}"}}
+    http: null
+processors:
+  mapping:
+    expression: |
+{mapping}
+exporters:
+  debug:
+    path: /dev/null
+    verbosity: basic
+    queue: {{durability: full}}
+storage:
+  directory: {storage}
+service:
+  telemetry: {{endpoint: "127.0.0.1:{admin_port}", log_level: warning, log_format: text}}
+  pipelines:
+    logs: {{receivers: [otlp], processors: [mapping], exporters: [debug]}}
+"""
+
+
+def payloads(batch: int, count: int = 8) -> list[bytes]:
+    """``count`` different ExportLogsServiceRequests of ``batch`` log records each (as an SDK sends them)."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.logs.v1 import logs_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+
+    def kv(key: str, value: Any) -> common_pb2.KeyValue:
+        v = common_pb2.AnyValue(int_value=value) if isinstance(value, int) else common_pb2.AnyValue(string_value=value)
+        return common_pb2.KeyValue(key=key, value=v)
+
+    now = time.time_ns()
+    out = []
+    for p in range(count):
+        records = [
+            logs_pb2.LogRecord(
+                time_unix_nano=now + (p * batch + i) * 1000,
+                observed_time_unix_nano=now + (p * batch + i) * 1000,
+                severity_number=9,
+                severity_text="INFO",
+                body=common_pb2.AnyValue(string_value=f"GET /v1/items/{i} 200"),
+                attributes=[
+                    kv("customer.id", f"customer-{i % 50}"),
+                    kv("request.id", f"req-{p}-{i}"),
+                    kv("http.route", "/v1/items/{id}"),
+                    kv("duration_ms", i % 300),
+                ],
+                trace_id=(p * batch + i).to_bytes(16, "big"),
+                span_id=(i + 1).to_bytes(8, "big"),
+            )
+            for i in range(batch)
+        ]
+        request = logs_service_pb2.ExportLogsServiceRequest(
+            resource_logs=[
+                logs_pb2.ResourceLogs(
+                    resource=resource_pb2.Resource(
+                        attributes=[kv("service.name", "api"), kv("service.instance.id", "pod-1")]
+                    ),
+                    scope_logs=[
+                        logs_pb2.ScopeLogs(scope=common_pb2.InstrumentationScope(name="app"), log_records=records)
+                    ],
+                )
+            ]
+        )
+        out.append(request.SerializeToString())
+    return out
+
+
+# -- the baseline server (runs as `bench_otlp.py --baseline-server PORT`) ---------------------------
+
+
+async def baseline_server(port: int) -> None:
+    import grpc
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+    answer = logs_service_pb2.ExportLogsServiceResponse().SerializeToString()
+
+    async def export(request: bytes, context: Any) -> bytes:
+        message = logs_service_pb2.ExportLogsServiceRequest()
+        message.ParseFromString(request)  # decode, as the receiver must, and nothing else
+        return answer
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.logs.v1.LogsService",
+                {"Export": grpc.unary_unary_rpc_method_handler(export)},
+            )
+        ]
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+# -- the load ----------------------------------------------------------------------------------------
+
+
+async def load(port: int, bodies: list[bytes], batch: int, concurrency: int, warmup: float, duration: float) -> dict:
+    import grpc
+
+    acked = 0
+    calls = 0
+    errors: dict[str, int] = {}
+    latencies: list[float] = []
+    measuring = False
+    stop = False
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+        await channel.channel_ready()
+
+        async def worker(n: int) -> None:
+            nonlocal acked, calls
+            i = n
+            while not stop:
+                t0 = time.perf_counter()
+                try:
+                    await call(bodies[i % len(bodies)], timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    await asyncio.sleep(0.05)
+                    continue
+                finally:
+                    i += 1
+                if measuring:
+                    acked += batch
+                    calls += 1
+                    latencies.append(time.perf_counter() - t0)
+
+        tasks = [asyncio.create_task(worker(n)) for n in range(concurrency)]
+        await asyncio.sleep(warmup)
+        measuring = True
+        started = time.perf_counter()
+        await asyncio.sleep(duration)
+        measuring = False
+        elapsed = time.perf_counter() - started
+        stop = True
+        await asyncio.gather(*tasks)
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3, 1) if latencies else 0.0
+
+    return {
+        "records_per_s": acked / elapsed,
+        "requests": calls,
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
+        "errors": errors,
+    }
+
+
+def measure(procs: Procs, argv: list[str], name: str, port: int, ready_port: int, args: argparse.Namespace,
+            bodies: list[bytes]) -> dict:  # fmt: skip
+    proc = procs.start(name, argv)
+    try:
+        wait_port(ready_port, 30, proc)
+        wait_port(port, 30, proc)
+        cpu0 = cpu_seconds(proc.pid)
+        result = asyncio.run(load(port, bodies, args.batch, args.concurrency, args.warmup, args.duration))
+        result["server_cpu_pct"] = round((cpu_seconds(proc.pid) - cpu0) / (args.warmup + args.duration) * 100, 1)
+        if name.startswith("collector"):
+            metrics = http_get(f"http://127.0.0.1:{ready_port}/metrics").decode()
+            enqueued = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("collector_exporter_enqueued_events_total")
+            )
+            result["enqueued_events"] = int(enqueued)
+    finally:
+        procs.stop(proc)
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    bodies = payloads(args.batch)
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="collector-bench-otlp-") as tmp, Procs(Path(tmp)) as procs:
+        work = Path(tmp)
+        for r in range(args.rounds):
+            print(f"otlp round {r + 1}/{args.rounds} ...", file=sys.stderr, flush=True)
+            one: dict[str, Any] = {"background_busy_pct": machine_busy_pct(0.5)}
+            port = free_port()
+            server = [PYTHON, str(Path(__file__).resolve()), "--baseline-server", str(port)]
+            one["baseline"] = measure(procs, server, f"baseline-{r}", port, port, args, bodies)
+            grpc_port, admin_port = free_port(), free_port()
+            config = work / f"collector-{r}.yaml"
+            mapping = "\n".join("      " + line for line in MAPPING.splitlines())
+            config.write_text(
+                CONFIG.format(grpc_port=grpc_port, admin_port=admin_port, storage=work / f"data-{r}", mapping=mapping),
+                encoding="utf-8",
+            )
+            argv = [*collector_exe(), "run", "-c", str(config)]
+            one["collector"] = measure(procs, argv, f"collector-{r}", grpc_port, admin_port, args, bodies)
+            rounds.append(one)
+    return {"rounds": rounds}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds in each measuring window")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median kept)")
+    p.add_argument("--concurrency", type=int, default=8, help="Export calls in flight")
+    p.add_argument("--batch", type=int, default=512, help="log records per request")
+    args = p.parse_args([] if argv is None else argv)
+    started = time.monotonic()
+    detail = run(args)
+    base = statistics.median(r["baseline"]["records_per_s"] for r in detail["rounds"])
+    rate = statistics.median(r["collector"]["records_per_s"] for r in detail["rounds"])
+    result = {
+        "otlp_grpc_log_records_per_s": round(rate),
+        "baseline_decode_only_records_per_s": round(base),
+        "ratio": round(rate / base, 3) if base else 0.0,
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "rounds": detail["rounds"],
+    }
+    print(f"collector, OTLP/gRPC logs, ack after commit (durability full): {rate:,.0f} records/s")
+    print(
+        f"baseline, grpc.aio server that only decodes the request:    {base:,.0f} records/s  -> ratio {rate / base:.3f}"
+    )
+    for i, r in enumerate(detail["rounds"], 1):
+        c, b = r["collector"], r["baseline"]
+        print(
+            f"  round {i} (background load {r['background_busy_pct']}%): collector {c['records_per_s']:,.0f}/s "
+            f"p50 {c['latency_ms']['p50']} ms p99 {c['latency_ms']['p99']} ms CPU {c['server_cpu_pct']}% "
+            f"errors {c['errors']} enqueued {c.get('enqueued_events')}; baseline {b['records_per_s']:,.0f}/s "
+            f"p50 {b['latency_ms']['p50']} ms CPU {b['server_cpu_pct']}%"
+        )
+    print(f"({args.batch} records per request, {args.concurrency} in flight; {result['elapsed_s']} s)")
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--baseline-server":
+        asyncio.run(baseline_server(int(sys.argv[2])))
+    else:
+        main(sys.argv[1:])

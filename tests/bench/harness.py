@@ -1,0 +1,260 @@
+"""Shared pieces of the benchmarks: subprocesses, ports, RSS, metrics, configs.
+
+Every process a benchmark starts is tracked in a :class:`Procs` and ended by
+its own PID (SIGTERM, then SIGKILL after a grace period) when the block
+exits, whatever happened inside it.  Everything binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent.parent
+VENV_BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+
+
+def collector_exe() -> list[str]:
+    exe = VENV_BIN / "collector"
+    return [str(exe)] if exe.exists() else [PYTHON, "-m", "collector.cli"]
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bind 0, read, close)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def http_get(url: str, timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    return json.loads(http_get(url, timeout))
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+class Procs:
+    """Processes started by a benchmark; each ended by its PID on exit."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+        log.close()  # the child holds its own descriptor
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc, grace=5.0)
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_loadgen(url: str, *, timeout: float, **options: Any) -> dict[str, Any]:
+    """Run loadgen.py as its own process; its JSON result."""
+    argv = [PYTHON, str(BENCH_DIR / "loadgen.py"), "--url", url]
+    for key, value in options.items():
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    out = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.decode(errors='replace')[-2000:]}")
+    return dict(json.loads(out.stdout))
+
+
+# -- memory -------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MiB, from /proc/PID/status."""
+    values: dict[str, float] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all threads), seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+def machine_busy_pct(seconds: float = 1.0) -> float:
+    """CPU busy % of the whole machine over ``seconds`` (all cores).
+
+    Called while none of the benchmark's processes run, it is the load that
+    others put on the machine: a busy neighbour makes every figure noisier.
+    """
+    busy0, total0 = machine_cpu_seconds()
+    time.sleep(seconds)
+    busy1, total1 = machine_cpu_seconds()
+    return round((busy1 - busy0) / max(1e-9, total1 - total0) * 100, 1)
+
+
+# -- the collector ------------------------------------------------------------------
+
+COLLECTOR_CONFIG = """\
+receivers:
+  http:
+    endpoint: 127.0.0.1:{http_port}
+exporters:
+  openmeter:
+    url: http://127.0.0.1:{sink_port}
+    # Short backoff so that the drain starts soon after the destination is
+    # back; the drain rate is measured from the first delivery anyway.
+    retry: {{initial_interval: 0.05, max_interval: 0.5}}
+    queue: {{durability: full}}
+storage:
+  directory: {storage}
+service:
+  telemetry: {{endpoint: "127.0.0.1:{admin_port}", log_level: warning, log_format: text}}
+  pipelines:
+    events: {{receivers: [http], exporters: [openmeter]}}
+"""
+
+
+class Collector:
+    """``collector run -c cfg.yaml`` as a subprocess, with its ports."""
+
+    def __init__(self, procs: Procs, workdir: Path, sink_port: int, name: str = "collector") -> None:
+        self.procs = procs
+        self.workdir = workdir
+        self.name = name
+        self.http_port = free_port()
+        self.admin_port = free_port()
+        self.sink_port = sink_port
+        self.config = workdir / f"{name}.yaml"
+        self.config.write_text(
+            COLLECTOR_CONFIG.format(
+                http_port=self.http_port,
+                admin_port=self.admin_port,
+                sink_port=sink_port,
+                storage=workdir / f"{name}-data",
+            ),
+            encoding="utf-8",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/api/v1/events"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, env: dict[str, str] | None = None, exe: list[str] | None = None) -> None:
+        argv = [*(exe or collector_exe()), "run", "-c", str(self.config)]
+        self.proc = self.procs.start(self.name, argv, env=env)
+        wait_port(self.admin_port, 30, self.proc)
+        wait_port(self.http_port, 30, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.procs.stop(self.proc, grace=15.0)
+
+    def metrics(self) -> dict[str, float]:
+        """The collector's own metrics that the benchmarks use, by name."""
+        text = http_get(f"http://127.0.0.1:{self.admin_port}/metrics").decode()
+        wanted = {
+            "collector_exporter_delivered_events_total": "delivered",
+            "collector_exporter_enqueued_events_total": "enqueued",
+            "collector_queue_events": "queued",
+            "collector_queue_bytes": "queued_bytes",
+        }
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in wanted:
+                out[wanted[name]] = out.get(wanted[name], 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
+
+
+class SinkProc:
+    """tests/bench/sink.py as a subprocess on a port chosen in advance."""
+
+    def __init__(self, procs: Procs, port: int | None = None) -> None:
+        self.procs = procs
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = self.procs.start("sink", [PYTHON, str(BENCH_DIR / "sink.py"), "--port", str(self.port)])
+        wait_port(self.port, 30, self.proc)
+
+    def count(self) -> dict[str, Any]:
+        return dict(http_json(f"http://127.0.0.1:{self.port}/count"))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.procs.stop(self.proc)
+
+
+@contextlib.contextmanager
+def workspace(root: Path, name: str) -> Iterator[Path]:
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
