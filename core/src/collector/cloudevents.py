@@ -569,7 +569,7 @@ def stable_id(*parts: object) -> str:
 
 
 def fill_defaults(event: dict[str, Any], *, now: datetime) -> dict[str, Any]:
-    """Return a copy of ``event`` with missing attributes filled in.
+    """``event`` with missing attributes filled in (a copy; ``event`` itself when nothing is missing).
 
     Policy ("missing" = absent or null; an empty string is *not* missing and
     is left for :func:`validate_event` to report):
@@ -596,6 +596,9 @@ def fill_defaults(event: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     """
     if not isinstance(event, dict):
         return event
+    get = event.get
+    if get("specversion") is not None and get("id") is not None and get("time") is not None:
+        return event  # nothing to fill, the usual case: no copy
     out = dict(event)
     if out.get("specversion") is None:
         out["specversion"] = "1.0"

@@ -117,6 +117,8 @@ class ExporterRunner:
         self._wake: asyncio.Event | None = None
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"queue-{exporter_id}")
         self._labels = {"exporter": exporter_id}
+        self._enqueued = metrics.enqueued.labels(**self._labels)
+        self._buffer_batch_received = metrics.buffer_batch_received.labels(**self._labels)
         self._dl_counted_at = -1e9
 
     # -- service side (called on the service loop) ------------------------------
@@ -143,8 +145,8 @@ class ExporterRunner:
     async def enqueue(self, events: list[Event]) -> None:
         """Commit ``events`` to this exporter's queue (returns after the commit)."""
         await self.queue.put(events)
-        self.metrics.enqueued.labels(**self._labels).inc(len(events))
-        self.metrics.buffer_batch_received.labels(**self._labels).inc()
+        self._enqueued.inc(len(events))
+        self._buffer_batch_received.inc()
 
     def check_capacity(self) -> None:
         """Raise BackpressureError now if the queue would refuse, before any queue commits."""

@@ -213,9 +213,7 @@ def default_text(name: str, field: FieldInfo) -> str:
 def yaml_value(value: Any) -> Any:
     """A default as plain YAML data (models as mappings, paths as strings, secrets as null)."""
     if isinstance(value, BaseModel):
-        return {
-            (f.alias or name): yaml_value(getattr(value, name)) for name, f in type(value).model_fields.items()
-        }
+        return {(f.alias or name): yaml_value(getattr(value, name)) for name, f in type(value).model_fields.items()}
     if isinstance(value, SecretStr):
         return None
     if isinstance(value, Path):

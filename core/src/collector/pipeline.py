@@ -68,6 +68,8 @@ class Pipeline:
                 return await self.prepare(events, meta, start=start, hooks=own)
             finally:
                 await settle(own, committed=False)
+        if not self.processors and (not events or meta.get(VALIDATED)):
+            return events  # nothing to run and nothing to check: no copies
         meta = {**meta, "pipeline": self.name}
         batch = Batch.of(events)
         for processor in self.processors[start:]:
@@ -122,7 +124,9 @@ async def commit(targets: Sequence[tuple[ExporterRunner, list[Event]]]) -> None:
     """Commit to every target queue: room is checked everywhere before anything is written."""
     for runner, _ in targets:
         runner.check_capacity()
-    if targets:
+    if len(targets) == 1:  # the common case: no gather, so no Task per request
+        await targets[0][0].enqueue(targets[0][1])
+    elif targets:
         await asyncio.gather(*(runner.enqueue(out) for runner, out in targets))
 
 
@@ -143,11 +147,14 @@ class ReceiverFanout:
         self.receiver_id = receiver_id
         self.pipelines = list(pipelines)
         self.metrics = metrics
+        # labels() costs ~1.5 us per call: resolve the children once.
+        self._received = metrics.received.labels(receiver=receiver_id)
+        self._accepted = metrics.accepted.labels(receiver=receiver_id)
 
     async def consume(self, events: list[Event], meta: Meta | None = None) -> None:
         n = len(events)
         m = self.metrics
-        m.received.labels(receiver=self.receiver_id).inc(n)
+        self._received.inc(n)
         meta = dict(meta or {})
         meta.setdefault("receiver", self.receiver_id)
         hooks: list[OutcomeHook] = []
@@ -155,7 +162,7 @@ class ReceiverFanout:
             try:
                 targets: list[tuple[ExporterRunner, list[Event]]] = []
                 for pipeline in self.pipelines:
-                    out = await pipeline.prepare(list(events), meta, hooks=hooks)
+                    out = await pipeline.prepare(list(events) if pipeline.processors else events, meta, hooks=hooks)
                     if out:
                         targets.extend((runner, out) for runner in pipeline.exporters)
                 await commit(targets)
@@ -172,4 +179,4 @@ class ReceiverFanout:
         except BaseException:
             m.refused.labels(receiver=self.receiver_id, reason="error").inc(n)
             raise
-        m.accepted.labels(receiver=self.receiver_id).inc(n)
+        self._accepted.inc(n)

@@ -143,18 +143,24 @@ class Metrics:
             "collector_pull_window_duration_seconds", "Time to collect one window.", ["receiver"], registry=r
         )
         self.pull_windows = Counter(
-            "collector_pull_windows", "Windows collected, by outcome (failures are retried).", ["receiver", "outcome"],
+            "collector_pull_windows",
+            "Windows collected, by outcome (failures are retried).",
+            ["receiver", "outcome"],
             registry=r,
         )
         self.pull_last_success = Gauge(
-            "collector_pull_last_success_timestamp_seconds", "Unix time of the last delivered window.", ["receiver"],
+            "collector_pull_last_success_timestamp_seconds",
+            "Unix time of the last delivered window.",
+            ["receiver"],
             registry=r,
         )
         self.pull_lag = Gauge(
             "collector_pull_lag_seconds", "How far the watermark is behind now.", ["receiver"], registry=r
         )
         self.pull_skipped = Counter(
-            "collector_pull_skipped_windows", "Windows older than max_backfill, skipped and logged.", ["receiver"],
+            "collector_pull_skipped_windows",
+            "Windows older than max_backfill, skipped and logged.",
+            ["receiver"],
             registry=r,
         )
         self.leader = Gauge(

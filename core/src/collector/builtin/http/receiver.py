@@ -76,6 +76,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         self.paths = (config.path,) if self.raw else (V1_PATH, V3_PATH)
         m = ctx.telemetry.metrics
         self._requests = m.requests
+        self._requests_by_code: dict[int, Any] = {}  # labels() costs ~1.5 us: resolve once per code
         self._refused = m.refused
         self._received = m.received
 
@@ -145,7 +146,11 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         )
 
     def _answer(self, response: web.Response, refused: int = 0, reason: str = "") -> web.Response:
-        self._requests.labels(receiver=self.id, code=str(response.status)).inc()
+        counter = self._requests_by_code.get(response.status)
+        if counter is None:
+            counter = self._requests.labels(receiver=self.id, code=str(response.status))
+            self._requests_by_code[response.status] = counter
+        counter.inc()
         if refused:
             self._received.labels(receiver=self.id).inc(refused)
             self._refused.labels(receiver=self.id, reason=reason).inc(refused)
@@ -174,7 +179,15 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         if length is not None and length > self.config.max_body_bytes:
             return self._answer(self._too_large(length))
         try:
-            body = await asyncio.wait_for(request.read(), self.config.read_timeout)
+            if request.content.is_eof():
+                # The whole body is already buffered (the usual case for small
+                # requests): read() returns without waiting, so no timer at all.
+                body = await request.read()
+            else:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps
+                # the read in a new Task, ~7 us per request.
+                async with asyncio.timeout(self.config.read_timeout):
+                    body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._answer(self._too_large(None))
         except TimeoutError:
@@ -208,7 +221,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
             )
         if self.config.fill_missing:
             now = datetime.now(UTC)
-            events = [fill_defaults(e, now=now) if isinstance(e, dict) else e for e in events]
+            events = [fill_defaults(e, now=now) for e in events]  # non-dicts come back as they are
         errors = validate_events(events)
         if not self.config.fill_missing:
             errors = _with_missing_time(errors, events)
