@@ -87,6 +87,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("drain ...", file=sys.stderr, flush=True)
         results["drain_background_busy_pct"] = machine_busy_pct(1.0)
         results["drain"] = drain(procs, work, backlog=args.backlog, env=env)
+
+    print("mapping ...", file=sys.stderr, flush=True)
+    import bench_mapping
+
+    results["mapping"] = bench_mapping.main()
+    try:
+        import bench_otlp
+    except ImportError as exc:  # the otlp plugin (grpc) is not installed
+        results["otlp"] = {"skipped": str(exc)}
+    else:
+        print("otlp ...", file=sys.stderr, flush=True)
+        otlp_args = ["--duration", str(args.duration), "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
+        results["otlp"] = bench_otlp.main(otlp_args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["summary"] = summarise(results)
     return results
@@ -157,6 +170,30 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
             "target": f"<= {TARGETS['backlog_rss_growth']}x (flat)",
             "met": d["rss_10k_mib"] > 0 and d["rss_backlog_mib"] / d["rss_10k_mib"] <= TARGETS["backlog_rss_growth"],
         },
+        {
+            "name": "mapping processor, access-log (records/s)",
+            "collector": r["mapping"]["mapping_records_per_s"],
+            "baseline": r["mapping"]["baseline_python_records_per_s"],
+            "baseline_name": "same mapping as plain Python",
+            "ratio": r["mapping"]["ratio"],
+            "target": ">= 200,000/s",
+            "met": r["mapping"]["met"],
+        },
+        *(
+            [
+                {
+                    "name": "OTLP/gRPC logs, ack after commit (records/s)",
+                    "collector": r["otlp"]["otlp_grpc_log_records_per_s"],
+                    "baseline": r["otlp"]["baseline_decode_only_records_per_s"],
+                    "baseline_name": "grpc.aio decode-only server",
+                    "ratio": r["otlp"]["ratio"],
+                    "target": "info",
+                    "met": None,
+                }
+            ]
+            if "ratio" in r.get("otlp", {})
+            else []
+        ),
         {
             "name": "collector --help (s)",
             "collector": cli["help"]["median_s"],
