@@ -20,7 +20,6 @@ in the request's encoding, JSON when that encoding is unsupported):
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from collector.config import parse_endpoint
-from collector.errors import BackpressureError, ConfigError
+from collector.errors import BackpressureError
 from collector_plugin_otlp.config import HttpConfig
 from collector_plugin_otlp.decode import CODES, SIGNALS, DecodeError, Encoding, Signal, encode, parse, response, status
 from collector_plugin_otlp.receiver import Closing
@@ -103,15 +102,8 @@ class HttpServer:
         return handle
 
     async def start(self) -> None:
-        ssl_ctx = None
-        if self.config.tls is not None:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                ssl_ctx.load_cert_chain(str(self.config.tls.cert_file), str(self.config.tls.key_file))
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(
-                    f"cannot load TLS certificate/key: {exc}", f"receivers.{self.receiver.id}.http.tls"
-                ) from None
+        tls = self.config.tls
+        ssl_ctx = tls.server_context(f"receivers.{self.receiver.id}.http.tls") if tls is not None else None
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(

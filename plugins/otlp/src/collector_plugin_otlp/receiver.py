@@ -21,14 +21,14 @@ ones are not retried by the client (OTLP says so) and are counted in
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from collector.builtin.http.config import BearerAuth
 from collector.components import Receiver
-from collector.errors import ConfigError, PermanentError
+from collector.errors import PermanentError
 from collector_plugin_otlp.config import OtlpReceiverConfig
 from collector_plugin_otlp.decode import SIGNALS, Signal
 from collector_plugin_otlp.delta import DeltaState
@@ -53,14 +53,7 @@ class Outcome:
 class OtlpReceiver(Receiver[OtlpReceiverConfig]):
     def __init__(self, ctx: Any, config: OtlpReceiverConfig) -> None:
         super().__init__(ctx, config)
-        try:
-            tokens = config.auth.resolve()
-        except ValueError as exc:
-            raise ConfigError(str(exc), f"receivers.{ctx.id}.auth") from None
-        if config.auth.enabled and not tokens:
-            raise ConfigError("auth is configured but yields no token", f"receivers.{ctx.id}.auth")
-        self._tokens = [f"Bearer {t}".encode() for t in tokens]
-        ctx.telemetry.redactor.add(*tokens)
+        self._auth = BearerAuth(config.auth.bearer_tokens(f"receivers.{ctx.id}.auth", ctx.telemetry.redactor))
         m = config.metrics
         self.delta: DeltaState | None = (
             DeltaState(ctx.storage_dir, initial_value=m.initial_value, series_ttl=m.series_ttl)
@@ -108,7 +101,7 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
         self.log.info(
             "otlp receiver listening: %s%s",
             ", ".join(listening),
-            " with bearer-token auth" if self._tokens else " without authentication",
+            " with bearer-token auth" if self._auth.required else " without authentication",
         )
 
     async def _shutdown(self) -> None:
@@ -142,17 +135,11 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
 
     @property
     def auth_required(self) -> bool:
-        return bool(self._tokens)
+        return self._auth.required
 
     def authorized(self, header: str | bytes | None) -> bool:
         """Whether an ``Authorization`` value carries one of the tokens (constant time per token)."""
-        if not self._tokens:
-            return True
-        given = header.encode("utf-8", "surrogateescape") if isinstance(header, str) else (header or b"")
-        ok = False
-        for token in self._tokens:  # compare with all, in constant time each
-            ok |= hmac.compare_digest(given, token)
-        return ok
+        return self._auth.allows(header)
 
     def count(self, code: str) -> None:
         self._requests.labels(receiver=self.id, code=code).inc()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 import os
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -20,6 +22,17 @@ class TlsConfig(_Strict):
 
     cert_file: Path = Field(description="PEM certificate chain.")
     key_file: Path = Field(description="PEM private key.")
+
+    def server_context(self, path: str) -> ssl.SSLContext:
+        """An SSL context serving this certificate; ConfigError at ``path`` when it cannot be loaded."""
+        from collector.errors import ConfigError
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load TLS certificate/key: {exc}", path) from None
+        return ctx
 
     @model_validator(mode="after")
     def _exists(self) -> TlsConfig:
@@ -61,9 +74,50 @@ class AuthConfig(_Strict):
             out += [t.strip() for t in value.split(",") if t.strip()]
         return out
 
+    def bearer_tokens(self, path: str, redactor: Any) -> list[bytes]:
+        """The ``Authorization`` values to accept (``Bearer <token>``), for :class:`BearerAuth`.
+
+        Raises ConfigError at ``path`` when a source cannot be read or yields
+        nothing; registers every token with the log redactor.
+        """
+        from collector.errors import ConfigError
+
+        try:
+            tokens = self.resolve()
+        except ValueError as exc:
+            raise ConfigError(str(exc), path) from None
+        if self.enabled and not tokens:
+            raise ConfigError("auth is configured but yields no token", path)
+        redactor.add(*tokens)
+        return [f"Bearer {t}".encode() for t in tokens]
+
     @property
     def enabled(self) -> bool:
         return bool(any(t.get_secret_value() for t in self.tokens) or self.tokens_file or self.tokens_env)
+
+
+class BearerAuth:
+    """Checks ``Authorization`` headers against the configured tokens.
+
+    Every token is compared in constant time (``hmac.compare_digest``), and a
+    header that is not valid UTF-8 is compared as its raw bytes, never an error.
+    """
+
+    def __init__(self, accepted: list[bytes]) -> None:
+        self.accepted = accepted
+
+    @property
+    def required(self) -> bool:
+        return bool(self.accepted)
+
+    def allows(self, header: str | bytes | None) -> bool:
+        if not self.accepted:
+            return True
+        given = header.encode("utf-8", "surrogateescape") if isinstance(header, str) else (header or b"")
+        ok = False
+        for token in self.accepted:  # compare with all, in constant time each
+            ok |= hmac.compare_digest(given, token)
+        return ok
 
 
 class HttpReceiverConfig(_Strict):

@@ -21,19 +21,17 @@ Everything else gets an RFC 7807 problem document saying what to fix:
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ssl
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from collector.builtin.http.config import HttpReceiverConfig
+from collector.builtin.http.config import BearerAuth, HttpReceiverConfig
 from collector.cloudevents import IntakeError, fill_defaults, parse_events, parse_records, problem, validate_events
 from collector.components import Receiver
 from collector.config import parse_endpoint
-from collector.errors import BackpressureError, ConfigError, PermanentError, RecordError
+from collector.errors import BackpressureError, PermanentError, RecordError
 from collector.pipeline import VALIDATED
 
 V1_PATH = "/api/v1/events"
@@ -57,14 +55,7 @@ def problem_response(
 class HttpReceiver(Receiver[HttpReceiverConfig]):
     def __init__(self, ctx: Any, config: HttpReceiverConfig) -> None:
         super().__init__(ctx, config)
-        try:
-            tokens = config.auth.resolve()
-        except ValueError as exc:
-            raise ConfigError(str(exc), f"receivers.{ctx.id}.auth") from None
-        if config.auth.enabled and not tokens:
-            raise ConfigError("auth is configured but yields no token", f"receivers.{ctx.id}.auth")
-        self._tokens = [f"Bearer {t}".encode() for t in tokens]
-        ctx.telemetry.redactor.add(*tokens)
+        self._auth = BearerAuth(config.auth.bearer_tokens(f"receivers.{ctx.id}.auth", ctx.telemetry.redactor))
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._inflight = 0
@@ -93,13 +84,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
 
     async def _start(self) -> None:
         host, port = parse_endpoint(self.config.endpoint)
-        ssl_ctx = None
-        if self.config.tls is not None:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                ssl_ctx.load_cert_chain(str(self.config.tls.cert_file), str(self.config.tls.key_file))
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(f"cannot load TLS certificate/key: {exc}", f"receivers.{self.id}.tls") from None
+        ssl_ctx = self.config.tls.server_context(f"receivers.{self.id}.tls") if self.config.tls else None
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx, reuse_address=True, backlog=1024)
@@ -120,7 +105,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
             self.port,
             "raw JSON records" if self.raw else "CloudEvents",
             ", ".join(self.paths),
-            " with bearer-token auth" if self._tokens else " without authentication",
+            " with bearer-token auth" if self._auth.required else " without authentication",
         )
 
     async def _shutdown(self) -> None:
@@ -166,7 +151,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
                     headers={"Allow": "POST"},
                 )
             )
-        if self._tokens and not self._authorized(request):
+        if not self._auth.allows(request.headers.get("Authorization")):
             return self._answer(
                 problem_response(
                     401,
@@ -310,15 +295,6 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         await response.write_eof()
         request.protocol.force_close()  # flushes what was written, then closes
         return response
-
-    def _authorized(self, request: web.Request) -> bool:
-        # aiohttp decodes header bytes that are not UTF-8 as surrogates; encode
-        # them back the same way instead of failing with a 500.
-        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        ok = False
-        for token in self._tokens:  # compare with all, in constant time each
-            ok |= hmac.compare_digest(given, token)
-        return ok
 
     def _too_large(self, length: int | None) -> web.Response:
         got = f"{length} bytes" if length is not None else "the body"
