@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+
 from collector.admin import AdminServer
 from collector.errors import AuthError
 

@@ -9,6 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from collector.cloudevents import (
     ACCEPTED_MEDIA_TYPES,
     STABLE_ID_NAMESPACE,
@@ -23,8 +26,6 @@ from collector.cloudevents import (
     validate_events,
 )
 from collector.errors import CollectorError, RecordError
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -98,9 +99,7 @@ def test_parse_single_object(ctype: str) -> None:
     assert parse_events(orjson.dumps(ev), ctype) == [ev]
 
 
-@pytest.mark.parametrize(
-    "ctype", [BATCH, f"{BATCH}; charset=utf-8", JSON, f"{JSON}; charset=UTF-8"]
-)
+@pytest.mark.parametrize("ctype", [BATCH, f"{BATCH}; charset=utf-8", JSON, f"{JSON}; charset=UTF-8"])
 def test_parse_array(ctype: str) -> None:
     evs = [event(id="1"), event(id="2")]
     assert parse_events(orjson.dumps(evs), ctype) == evs
@@ -437,9 +436,7 @@ def test_fill_defaults_id_is_stable_across_retries_at_different_times() -> None:
     assert first["id"] == retry["id"]
     assert first["time"] != retry["time"]
     # Explicit specversion or null id/time mean the same event.
-    assert (
-        fill_defaults(dict(ev, specversion="1.0", id=None, time=None), now=NOW)["id"] == first["id"]
-    )
+    assert fill_defaults(dict(ev, specversion="1.0", id=None, time=None), now=NOW)["id"] == first["id"]
 
 
 @pytest.mark.parametrize(
@@ -474,10 +471,7 @@ def test_fill_defaults_passes_non_objects_and_needs_aware_now() -> None:
 
 def test_format_time_converts_to_utc() -> None:
     plus2 = timezone(timedelta(hours=2))
-    assert (
-        format_time(datetime(2024, 5, 1, 14, 0, 0, 999999, tzinfo=plus2))
-        == "2024-05-01T12:00:00.999Z"
-    )
+    assert format_time(datetime(2024, 5, 1, 14, 0, 0, 999999, tzinfo=plus2)) == "2024-05-01T12:00:00.999Z"
 
 
 # ---------------------------------------------------------------- problem documents
@@ -523,9 +517,7 @@ _json_values = st.recursive(
     | st.integers(-(2**63), 2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=6)
-    ),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=6),
     max_leaves=25,
 )
 _event_like = st.fixed_dictionaries(
@@ -542,11 +534,7 @@ _event_like = st.fixed_dictionaries(
         "data": _json_values,
         "datacontenttype": st.sampled_from(["application/json", "text/plain"]) | _json_values,
     },
-).flatmap(
-    lambda base: st.dictionaries(st.text(max_size=8), _json_values, max_size=3).map(
-        lambda ext: {**ext, **base}
-    )
-)
+).flatmap(lambda base: st.dictionaries(st.text(max_size=8), _json_values, max_size=3).map(lambda ext: {**ext, **base}))
 _ctypes = st.sampled_from(
     [
         SINGLE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from collector.config import ConfigErrors, Settings, load_config, substitute
 from collector.errors import ConfigError
 from collector.testing import testing_registry

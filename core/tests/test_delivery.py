@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import pytest
+
 from collector.delivery import full_jitter
 from collector.errors import AuthError, PermanentError, RetryableError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from collector.config import load_config
 from collector.errors import ConfigError
 from collector.plugins import PluginSelection, load_registry

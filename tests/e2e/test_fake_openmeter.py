@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from support.fake_openmeter import (
     DEFAULT_MAX_BODY_BYTES,
     FakeOpenMeter,
@@ -101,9 +102,7 @@ async def post(
     if token is not None:
         hdrs.setdefault("Authorization", f"Bearer {token}")
     # skip_auto_headers: otherwise aiohttp adds application/octet-stream itself.
-    async with session.request(
-        method, url, data=data, headers=hdrs, skip_auto_headers={"Content-Type"}
-    ) as resp:
+    async with session.request(method, url, data=data, headers=hdrs, skip_auto_headers={"Content-Type"}) as resp:
         return Reply(resp.status, dict(resp.headers), await resp.read())
 
 
@@ -126,9 +125,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 # ============================================================================ success paths
 
 
-async def test_v1_single_event_is_accepted_with_204(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_v1_single_event_is_accepted_with_204(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     r = await post(session, fake.url + V1, event(1), content_type=CT_SINGLE)
     assert r.status == 204
     assert r.body == b""
@@ -139,9 +136,7 @@ async def test_v1_single_event_is_accepted_with_204(
     assert fake.url == f"http://127.0.0.1:{fake.port}"
 
 
-async def test_v3_batch_is_accepted_with_202(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_v3_batch_is_accepted_with_202(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     r = await post(session, fake.v3_events_url, [event(1), event(2)], content_type=CT_BATCH)
     assert r.status == 202
     assert [e["id"] for e in fake.arrivals] == ["id-1", "id-2"]
@@ -201,9 +196,7 @@ async def test_unsupported_content_type_is_415(
 # ============================================================================ auth
 
 
-@pytest.mark.parametrize(
-    "authorization", [None, "Bearer wrong", "Basic c2VjcmV0", "secret", "Bearer", "Bearer  "]
-)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic c2VjcmV0", "secret", "Bearer", "Bearer  "])
 async def test_missing_or_wrong_token_is_401(
     fake: FakeOpenMeter, session: aiohttp.ClientSession, authorization: str | None
 ) -> None:
@@ -215,9 +208,7 @@ async def test_missing_or_wrong_token_is_401(
     assert fake.arrivals == []
 
 
-async def test_scheme_is_case_insensitive(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_scheme_is_case_insensitive(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     headers = {"Authorization": f"bearer {TOKEN}"}
     r = await post(session, fake.events_url, [event(1)], token=None, headers=headers)
     assert r.status == 204
@@ -271,9 +262,7 @@ async def test_body_over_the_configured_limit_is_413(session: aiohttp.ClientSess
         await server.stop()
 
 
-async def test_default_limit_is_one_mebibyte(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_default_limit_is_one_mebibyte(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     assert fake.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 1024 * 1024
     body = [event(1, data={"pad": "x" * DEFAULT_MAX_BODY_BYTES})]
     assert (await post(session, fake.events_url, body)).status == 413
@@ -284,9 +273,7 @@ async def test_default_limit_is_one_mebibyte(
     [b"", b"{", b"[1,", b'[{"a": NaN}]', b"[Infinity]", b"\xff\xfe[]", b"nope"],
     ids=["empty", "truncated-object", "truncated-array", "nan", "infinity", "not-utf8", "word"],
 )
-async def test_invalid_json_is_400(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession, raw: bytes
-) -> None:
+async def test_invalid_json_is_400(fake: FakeOpenMeter, session: aiohttp.ClientSession, raw: bytes) -> None:
     r = await post(session, fake.events_url, raw, content_type=CT_JSON)
     assert r.status == 400
     assert "JSON" in r.problem()["detail"]
@@ -294,9 +281,7 @@ async def test_invalid_json_is_400(
 
 
 @pytest.mark.parametrize("content_type", [CT_BATCH, CT_JSON])
-async def test_empty_batch_is_400(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession, content_type: str
-) -> None:
+async def test_empty_batch_is_400(fake: FakeOpenMeter, session: aiohttp.ClientSession, content_type: str) -> None:
     r = await post(session, fake.events_url, [], content_type=content_type)
     assert r.status == 400
     assert "empty" in r.problem()["detail"]
@@ -320,9 +305,7 @@ async def test_body_shape_must_match_the_content_type(
     assert fake.arrivals == []
 
 
-async def test_non_object_batch_item_is_named(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_non_object_batch_item_is_named(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     r = await post(session, fake.events_url, [event(1), "x", 3])
     assert r.status == 400
     invalid = r.problem()["invalid"]
@@ -361,9 +344,7 @@ BAD_EVENTS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "field"), [(o, f) for _, o, f in BAD_EVENTS], ids=[n for n, _, _ in BAD_EVENTS]
-)
+@pytest.mark.parametrize(("overrides", "field"), [(o, f) for _, o, f in BAD_EVENTS], ids=[n for n, _, _ in BAD_EVENTS])
 async def test_each_event_rule_rejects_the_whole_request(
     fake: FakeOpenMeter, session: aiohttp.ClientSession, overrides: dict[str, Any], field: str
 ) -> None:
@@ -405,9 +386,7 @@ async def test_valid_event_variants_are_accepted(
     assert r.status == 204, r.body
 
 
-async def test_every_bad_event_is_listed(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_every_bad_event_is_listed(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     batch = [
         event(0),
         event(1, subject=""),
@@ -430,9 +409,7 @@ async def test_every_bad_event_is_listed(
 
 
 @pytest.mark.parametrize("path", ["/", "/api/v1/event", "/api/v2/events", "/api/v1/events/x"])
-async def test_unknown_path_is_404(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession, path: str
-) -> None:
+async def test_unknown_path_is_404(fake: FakeOpenMeter, session: aiohttp.ClientSession, path: str) -> None:
     r = await post(session, fake.url + path, [event(1)])
     assert r.status == 404
     r.problem()
@@ -492,9 +469,7 @@ async def test_wait_for_ids_accepts_ids_and_pairs_and_times_out(
 # ============================================================================ faults
 
 
-async def test_fail_next_500_for_n_requests(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_fail_next_500_for_n_requests(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.fail_next(500, count=3)
     statuses = [(await post(session, fake.events_url, [event(1)])).status for _ in range(4)]
     assert statuses == [500, 500, 500, 204]
@@ -502,9 +477,7 @@ async def test_fail_next_500_for_n_requests(
     assert len(fake.arrivals) == 1
 
 
-async def test_fail_next_503_carries_retry_after_seconds(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_fail_next_503_carries_retry_after_seconds(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.fail_next(503, count=2, retry_after=1)
     fake.fail_next(503, retry_after=0.2)  # HTTP wants integers: rounded up
     fake.fail_next(503, retry_after="garbage")  # verbatim, to test client parsing
@@ -516,9 +489,7 @@ async def test_fail_next_503_carries_retry_after_seconds(
     assert fake.arrivals == []
 
 
-async def test_fail_next_429_with_http_date_retry_after(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_fail_next_429_with_http_date_retry_after(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.fail_next(429, count=1, retry_after=2, retry_after_date=True)
     before = time.time()
     r = await post(session, fake.events_url, [event(1)])
@@ -529,18 +500,14 @@ async def test_fail_next_429_with_http_date_retry_after(
     assert (await post(session, fake.events_url, [event(1)])).status == 204
 
 
-async def test_commit_fault_records_then_loses_the_ack(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_commit_fault_records_then_loses_the_ack(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.fail_next(500, commit=True)
     assert (await post(session, fake.events_url, [event(1)])).status == 500
     assert (await post(session, fake.events_url, [event(1)])).status == 204  # the retry
     assert fake.duplicates() == Counter({("test-source", "id-1"): 2})
 
 
-async def test_unauthorized_for_a_period_then_recovers(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_unauthorized_for_a_period_then_recovers(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.unauthorized_for(0.3)
     r = await post(session, fake.events_url, [event(1)])  # right token, still 401
     assert r.status == 401
@@ -549,9 +516,7 @@ async def test_unauthorized_for_a_period_then_recovers(
     assert (await post(session, fake.events_url, [event(1)])).status == 204
 
 
-async def test_unauthorized_until_cleared(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_unauthorized_until_cleared(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.unauthorized_for(None)
     assert (await post(session, fake.events_url, [event(1)])).status == 401
     assert (await post(session, fake.events_url, [event(1)])).status == 401
@@ -559,9 +524,7 @@ async def test_unauthorized_until_cleared(
     assert (await post(session, fake.events_url, [event(1)])).status == 204
 
 
-async def test_reject_ids_poisons_the_whole_request(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_reject_ids_poisons_the_whole_request(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.reject_ids({"id-7", "id-9"})
     r = await post(session, fake.events_url, [event(6), event(7), event(8), event(9)])
     assert r.status == 400
@@ -602,9 +565,7 @@ async def test_stall_outlasts_the_client_timeout_then_records(
     assert time.monotonic() - started < 0.3
 
 
-async def test_stall_then_status_records_nothing(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_stall_then_status_records_nothing(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.stall_next(0.2, count=2, then_status=504)
     started = time.monotonic()
     assert (await post(session, fake.events_url, [event(1)])).status == 504
@@ -613,9 +574,7 @@ async def test_stall_then_status_records_nothing(
     assert fake.arrivals == []
 
 
-async def test_queue_faults_plays_a_script_in_order(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_queue_faults_plays_a_script_in_order(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     fake.queue_faults(
         [
             Fault(status=500),
@@ -634,9 +593,7 @@ async def test_queue_faults_plays_a_script_in_order(
     assert fake.pending_faults() == 0
 
 
-async def test_faults_do_not_bypass_the_contract(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_faults_do_not_bypass_the_contract(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     # A stall that then processes, and a commit fault, still enforce auth.
     fake.stall_next(0.01)
     fake.fail_next(500, commit=True)
@@ -665,9 +622,7 @@ async def test_pause_listening_refuses_connections_then_resumes_on_the_same_port
     port = fake.port
     # force_close: every request opens a new connection, so "refused" is what we see.
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=2)
-    ) as s:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2)) as s:
         assert (await post(s, fake.events_url, [event(1)])).status == 204
         await fake.pause_listening(0.4)
         assert not fake.listening
@@ -689,9 +644,7 @@ async def test_pause_listening_refuses_connections_then_resumes_on_the_same_port
     assert [e["id"] for e in fake.arrivals] == ["id-1", "id-3", "id-5"]
 
 
-async def test_pause_closes_kept_alive_connections(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession
-) -> None:
+async def test_pause_closes_kept_alive_connections(fake: FakeOpenMeter, session: aiohttp.ClientSession) -> None:
     assert (await post(session, fake.events_url, [event(1)])).status == 204
     await fake.pause_listening(None)
     # The pooled connection was closed by the server: no request gets through.
@@ -786,9 +739,7 @@ async def test_control_api_injects_faults_and_reports_state(
         ["not an object"],
     ],
 )
-async def test_control_api_rejects_bad_actions(
-    fake: FakeOpenMeter, session: aiohttp.ClientSession, body: Any
-) -> None:
+async def test_control_api_rejects_bad_actions(fake: FakeOpenMeter, session: aiohttp.ClientSession, body: Any) -> None:
     async with session.post(fake.url + "/_control/faults", json=body) as resp:
         assert resp.status == 400
         assert resp.content_type == PROBLEM_CT
@@ -913,9 +864,7 @@ async def test_subprocess_mode_records_to_a_file_and_takes_faults_over_http(
     assert state["duplicates"] == [["test-source", "id-5", 2]]
 
     # Refused connections on demand, then back on the same port.
-    async with session.post(
-        url + "/_control/faults", json={"action": "pause_listening", "seconds": 0.4}
-    ) as resp:
+    async with session.post(url + "/_control/faults", json={"action": "pause_listening", "seconds": 0.4}) as resp:
         assert resp.status == 200
     await asyncio.sleep(0.2)
     async with aiohttp.ClientSession(

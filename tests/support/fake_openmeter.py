@@ -604,9 +604,7 @@ class FakeOpenMeter:
             self._requests.clear()
         self.clear_faults()
 
-    async def wait_for_ids(
-        self, ids: Iterable[str | tuple[str, str]], timeout: float = 10.0
-    ) -> None:
+    async def wait_for_ids(self, ids: Iterable[str | tuple[str, str]], timeout: float = 10.0) -> None:
         """Wait until every id has been accepted at least once.
 
         An item is an event ``id`` (any source) or a ``(source, id)`` pair.
@@ -623,9 +621,7 @@ class FakeOpenMeter:
                 raise TimeoutError(_never_arrived(missing))
             await asyncio.sleep(0.01)
 
-    def wait_for_ids_sync(
-        self, ids: Iterable[str | tuple[str, str]], timeout: float = 10.0
-    ) -> None:
+    def wait_for_ids_sync(self, ids: Iterable[str | tuple[str, str]], timeout: float = 10.0) -> None:
         """Blocking ``wait_for_ids`` for threads (e.g. with ``in_thread``)."""
         wanted = list(ids)
         deadline = time.monotonic() + timeout
@@ -889,9 +885,7 @@ class FakeOpenMeter:
         elif name == "pause_listening":
             seconds = action.get("seconds")
             # Deferred so this control response is written before the port closes.
-            asyncio.get_running_loop().call_later(
-                0.05, lambda: asyncio.ensure_future(self._pause_on_loop(seconds))
-            )
+            asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(self._pause_on_loop(seconds)))
         elif name == "clear":
             self.clear_faults()
         elif name == "reset":

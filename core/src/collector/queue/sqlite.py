@@ -76,7 +76,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from persistqueue.exceptions import Empty
 from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 
 from collector.errors import BackpressureError
