@@ -38,7 +38,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check core plugins tests
 	$(BIN)/ruff format --check core plugins tests
-	$(BIN)/mypy core/src
+	$(BIN)/mypy core/src $(wildcard plugins/*/src)
 
 format: $(STAMP)
 	$(BIN)/ruff format core plugins tests
