@@ -257,3 +257,33 @@ def test_bad_environment_setting_is_a_one_line_error(cli, setup):
     assert (
         out.returncode == 2 and out.stderr.strip() == "error: COLLECTOR_DRAIN_TIMEOUT: Input should be greater than 0"
     )
+
+
+def test_map_expression_from_stdin(cli):
+    records = '{"user": "u1", "n": 2}\n{"user": "u2"}\n{"n": 1}\n'
+    out = cli("map", "-e", '{"subject": this.user, "twice": this.n * 2} if this.user else None', input=records)
+    assert out.returncode == 1  # one record failed
+    assert out.stdout.splitlines() == ['{"subject":"u1","twice":4}']
+    assert "record 1: TypeError: unsupported operand type(s) for *: 'NoneType' and 'int'" in out.stderr
+    assert "record 2: dropped (the mapping returned None)" in out.stderr
+
+
+def test_map_compile_error_has_its_location(cli):
+    out = cli("map", "-e", '{"a": this.x,\n "b": __import__("os")}', input="{}")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: --expression: line 2, column 7: names starting with '_' are not allowed: __import__"
+    )
+
+
+def test_map_runs_a_configured_pipeline_and_validates(cli):
+    example = Path(__file__).resolve().parents[2] / "config-examples" / "access-log.yaml"
+    good = '{"timestamp":"2026-01-01T12:00:00Z","method":"GET","path":"/a","user":"c1","duration":3}'
+    out = cli("map", "-c", str(example), input=good, env={"OPENMETER_TOKEN": "x"})
+    assert out.returncode == 0, out.stderr
+    event = json.loads(out.stdout)
+    assert (event["type"], event["subject"], event["data"]["duration"]) == ("api-call", "c1", 3)
+    bad = '{"timestamp":"2026-01-01T12:00:00Z","method":"GET","path":"/a","duration":3}'
+    out = cli("map", "-c", str(example), input=good + "\n" + bad, env={"OPENMETER_TOKEN": "x"})
+    assert out.returncode == 1
+    assert "record 1 field 'subject': subject is required" in out.stderr
