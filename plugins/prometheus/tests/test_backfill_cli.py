@@ -32,7 +32,7 @@ def test_backfill_reemits_the_windows_with_the_live_ids(prometheus, d0, tmp_path
                             "interval": "5m",
                             "subject_label": "namespace",
                             "queries": [GPU, API],
-                        }  # fmt: skip
+                        }
                     },
                     "exporters": {"openmeter": {"url": fake.url, "batch": {"period": 0.05}}},
                     "storage": {"directory": str(tmp_path / "data")},
