@@ -176,6 +176,18 @@ def _load(args: argparse.Namespace, registry: Registry) -> LoadedConfig:
     return loaded
 
 
+def _load_or_report(args: argparse.Namespace) -> tuple[Registry, LoadedConfig] | None:
+    """Plugins and configuration, or None after printing why not (the caller exits 2)."""
+    from collector.errors import ConfigError
+
+    registry = _registry(args)
+    try:
+        return registry, _load(args, registry)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return None
+
+
 def _print_config_error(exc: Exception) -> None:
     from collector.config import ConfigErrors
 
@@ -202,12 +214,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_level or "info", settings.log_format or "auto")
     log = logging.getLogger("collector.cli")
-    registry = _registry(args)
-    try:
-        loaded = _load(args, registry)
-    except ConfigError as exc:
-        _print_config_error(exc)
+    found = _load_or_report(args)
+    if found is None:
         return EXIT_CONFIG
+    registry, loaded = found
     tel = loaded.raw.service.telemetry
     setup_logging(tel.log_level, tel.log_format)
     registry.warn_broken()
@@ -224,14 +234,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from collector.errors import ConfigError
-
-    registry = _registry(args)
-    try:
-        loaded = _load(args, registry)
-    except ConfigError as exc:
-        _print_config_error(exc)
+    found = _load_or_report(args)
+    if found is None:
         return EXIT_CONFIG
+    registry, loaded = found
     for p in registry.failed():
         _err(f"warning: plugin {p.name} ({p.label}) failed to load: {p.error}")
     for w in loaded.warnings:
@@ -298,14 +304,11 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from collector.dlq import run_dlq
-    from collector.errors import ConfigError
 
-    registry = _registry(args)
-    try:
-        loaded = _load(args, registry)
-    except ConfigError as exc:
-        _print_config_error(exc)
+    found = _load_or_report(args)
+    if found is None:
         return EXIT_CONFIG
+    registry, loaded = found
     return run_dlq(args, loaded, registry)
 
 
@@ -315,11 +318,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from collector.backfill import run_backfill
     from collector.errors import ConfigError
 
-    registry = _registry(args)
+    found = _load_or_report(args)
+    if found is None:
+        return EXIT_CONFIG
+    registry, loaded = found
     try:
-        loaded = _load(args, registry)
         return asyncio.run(run_backfill(args, loaded, registry))
-    except ConfigError as exc:
+    except ConfigError as exc:  # --from/--to, or no pipeline uses the receiver
         _print_config_error(exc)
         return EXIT_CONFIG
 

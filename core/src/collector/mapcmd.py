@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from collector.errors import ConfigError, PermanentError
+from collector.errors import PermanentError
 
 
 def read_records(data: bytes) -> list[Any]:
@@ -109,7 +109,7 @@ async def run_pipeline_processors(
 
 
 def run_map(args: argparse.Namespace) -> int:
-    from collector.cli import _load, _print_config_error, _registry
+    from collector.cli import _load_or_report, _registry
 
     source = args.input
     data = sys.stdin.buffer.read() if source in (None, "-") else Path(source).read_bytes()
@@ -123,14 +123,12 @@ def run_map(args: argparse.Namespace) -> int:
     except orjson.JSONDecodeError as exc:
         print(f"error: --meta is not JSON: {exc}", file=sys.stderr)
         return 2
-    registry = _registry(args)
     if args.expression is not None:
-        return run_expression(args.expression, records, meta, registry)
-    try:
-        loaded = _load(args, registry)
-    except ConfigError as exc:
-        _print_config_error(exc)
+        return run_expression(args.expression, records, meta, _registry(args))
+    found = _load_or_report(args)
+    if found is None:
         return 2
+    registry, loaded = found
     pipelines = list(loaded.raw.service.pipelines)
     name = args.pipeline or (pipelines[0] if len(pipelines) == 1 else None)
     if name is None:
