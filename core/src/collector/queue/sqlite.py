@@ -45,18 +45,18 @@ Where persist-queue 1.1.0 cannot keep a promise we wrap it thinly
       never clear: get() scans past every acked row, so it falls with
       the backlog: 699 (5,000 items of 2 kB), 493 (1,000 items of 20 kB)
 
-  So :meth:`DurableQueue.ack` deletes the row by id in one transaction (the
-  fastest line above, and no acked row ever piles up); the few other acks
-  (quarantined items) use persist-queue's ``ack`` and a ``clear_acked_data``
-  every :data:`_CLEAR_EVERY` of them or when get() finds no ready item, with
-  an index on ``status`` (the primary-key plan of get()'s ``SELECT`` is
+  So :meth:`DurableQueue.ack` (and quarantine) deletes the row by id in one
+  transaction: the fastest line above, and no acked row ever piles up.
+  Acked rows left by older versions are cleared once at open, helped by an
+  index on ``status`` (the primary-key plan of get()'s ``SELECT`` is
   unaffected: SQLite still searches by rowid; a test checks).  Measured in
   the ingest benchmark, the one-transaction ack raised single-event ingest
   by about a third (one fsync per item less, and less time holding the
   write lock against the group commit).
-* We never use persist-queue's blocking ``get`` (it may sleep up to 10 s past a
-  missed wake-up) nor ``ack(item)`` (a linear search): gets are non-blocking,
-  waiting is ours (a :class:`threading.Condition`), acks go by ``id=``.
+* We never use persist-queue's ``get`` (it may sleep up to 10 s past a
+  missed wake-up, and marks the row in flight with an fsync'd UPDATE) nor
+  ``ack(item)`` (a linear search): claims live in memory, a plain SELECT
+  reads the item, and waiting is ours (a :class:`threading.Condition`).
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ Durability = Literal["full", "relaxed"]
 _SYNCHRONOUS: dict[str, str] = {"full": "FULL", "relaxed": "NORMAL"}
 
 # Clear acked rows after this many acks (see the measurements above).
-_CLEAR_EVERY = 32
 # Once full, intake resumes when acks bring the bytes down to this fraction of
 # max_bytes; the hysteresis keeps receivers from flapping between 503 and 200.
 _RESUME_FRACTION = 0.9
@@ -335,7 +334,6 @@ class DurableQueue:
         self._events = 0
         self._bytes = 0
         self._quarantined = 0
-        self._acks_since_clear = 0
         self._full = False  # over max_bytes; cleared by acks
         self._disk_full = False  # last commit hit ENOSPC; cleared by a commit
         self._disk_retry_at = 0.0  # time.monotonic() when puts are tried again
@@ -395,7 +393,6 @@ class DurableQueue:
             self._open = False
             self._state_cv.notify_all()  # blocked get() calls return None
         with self._db_lock:
-            self._clear_acked()
             self._checkpoint()
             self._close_storage()
 
@@ -440,7 +437,6 @@ class DurableQueue:
     def _reset_state(self) -> None:
         with self._state_cv:
             self._reset_counters_locked()
-            self._acks_since_clear = 0
 
     def _rebuild(self) -> None:
         """Counters from the table; quarantine rows whose header is unreadable.
@@ -708,9 +704,6 @@ class DurableQueue:
         self._require_storage()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            if not self._has_ready():
-                # The sender has caught up: a good moment to delete acked rows.
-                self._clear_if_idle()
             if not self._wait_ready(deadline):
                 return None
             claimed = self._claim_next()
@@ -720,10 +713,6 @@ class DurableQueue:
             item = self._to_item(*claimed)
             if item is not None:
                 return item
-
-    def _has_ready(self) -> bool:
-        with self._state_cv:
-            return len(self._meta) > len(self._claimed)
 
     def _wait_ready(self, deadline: float) -> bool:
         """True once some item is neither claimed nor acked."""
@@ -793,22 +782,6 @@ class DurableQueue:
                 return
             self._claimed.discard(item_id)
             self._state_cv.notify()
-
-    def _clear_if_idle(self) -> None:
-        if self._acks_since_clear and self._pq is not None:
-            with self._db_lock:
-                if self._pq is not None:
-                    self._clear_acked()
-
-    def _clear_acked(self) -> None:
-        """Delete acked rows (caller holds _db_lock)."""
-        if self._pq is None or not self._acks_since_clear:
-            return
-        try:
-            self._pq.clear_acked_data(max_delete=0, keep_latest=0)
-            self._acks_since_clear = 0
-        except sqlite3.Error as exc:  # e.g. disk full: harmless, try later
-            log.warning("queue %s: clearing acked rows failed: %s", self.name, exc)
 
     # ------------------------------------------------------------ quarantine
 
