@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from collector.admin import AdminServer
+from collector.runtime.admin import AdminServer
 from collector.errors import AuthError
 
 

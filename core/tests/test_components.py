@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from collector.clock import FakeClock
 from collector.components import Component, ComponentContext
 from collector.errors import BackpressureError
-from collector.queue.memory import MemoryQueue
+from collector.runtime.queue.memory import MemoryQueue
 from collector.telemetry import Telemetry
 
 

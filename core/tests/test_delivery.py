@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from collector.delivery import full_jitter
+from collector.runtime.sender import full_jitter
 from collector.errors import AuthError, PermanentError, RetryableError
 
 FAST = "retry: {initial_interval: 0.01, max_interval: 0.05, auth_interval: 0.05}"

@@ -1,6 +1,6 @@
 """The documentation cannot drift from the code.
 
-* ``docs/reference/`` is exactly what ``python -m collector.docgen docs/reference``
+* ``docs/reference/`` is exactly what ``python tools/docgen.py docs/reference``
   generates from the config models;
 * every file in ``config-examples/`` passes ``collector validate``;
 * every YAML block in ``docs/`` is a valid configuration (or fragment of one),
@@ -45,8 +45,8 @@ from typing import Any
 import pytest
 import yaml
 
-from collector import docgen, hookspecs
-from collector.cli import build_parser
+from collector import hookspecs
+from collector.cli.main import build_parser
 from collector.clock import FakeClock
 from collector.config import CollectorConfig, Settings, load_config
 from collector.plugins import PluginSelection, load_registry
@@ -54,11 +54,26 @@ from collector.testing import testing_registry
 from collector.testing.harness import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_docgen() -> types.ModuleType:
+    """tools/docgen.py is a developer tool outside the runtime package: load it by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docgen", ROOT / "tools" / "docgen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["docgen"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+docgen = _load_docgen()
 DOCS = ROOT / "docs"
 REFERENCE = DOCS / "reference"
 EXAMPLES = ROOT / "config-examples"
 TEMPLATE = ROOT / "contrib" / "plugin-template"
-REGENERATE = f"cd {ROOT} && .venv/bin/python -m collector.docgen docs/reference"
+REGENERATE = f"cd {ROOT} && .venv/bin/python tools/docgen.py docs/reference"
 
 # Values for ${VAR} without a default in examples; anything else gets a placeholder.
 SAMPLE_ENV = {

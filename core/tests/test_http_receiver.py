@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.cloudevents import stable_id
+from collector.events import stable_id
 from collector.errors import ConfigError
 from collector.testing.harness import RunningPipeline
 from collector.testing.harness import run_pipeline as start_pipeline

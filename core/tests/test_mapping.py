@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from collector.cloudevents import STABLE_ID_NAMESPACE, stable_id
+from collector.events import STABLE_ID_NAMESPACE, stable_id
 from collector.errors import PermanentError, RecordError
 from collector.functions import (
     builtin_functions,
@@ -188,7 +188,7 @@ async def test_mapping_none_drops_and_counts(run_pipeline):
 
 
 async def test_mapping_on_error_drop_and_dead_letter(run_pipeline, storage_dir):
-    from collector.deadletter import DeadLetterStore
+    from collector.runtime.deadletters import DeadLetterStore
 
     expr = TO_EVENT.replace("this.n}", "10 // this.n}")
     procs = pipeline(mapping(expr, on_error="dead_letter"), "mapping/second: {expression: this, on_error: drop}")

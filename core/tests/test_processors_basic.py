@@ -13,9 +13,9 @@ import yaml
 
 from collector.builtin.processors.common import deadletter_store_path
 from collector.clock import FakeClock
-from collector.cloudevents import fill_defaults, stable_id
+from collector.events import fill_defaults, stable_id
 from collector.config import ConfigErrors, load_config
-from collector.deadletter import DeadLetterStore
+from collector.runtime.deadletters import DeadLetterStore
 from collector.errors import ConfigError, PermanentError, RecordError
 from collector.testing import testing_registry
 

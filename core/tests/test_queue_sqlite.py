@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from collector.errors import BackpressureError
-from collector.queue import BatchQueue, QueueItem
-from collector.queue.sqlite import DurableQueue
+from collector.runtime.queue import BatchQueue, QueueItem
+from collector.runtime.queue.sqlite import DurableQueue
 
 TABLE = "ack_queue_queue"  # persist-queue's table for name="queue"
 
@@ -247,7 +247,7 @@ CRASHING_PRODUCER = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from collector.queue.sqlite import DurableQueue
+    from collector.runtime.queue.sqlite import DurableQueue
 
     queue = DurableQueue(Path(sys.argv[1]))
     queue.open()
@@ -385,7 +385,7 @@ async def test_unreadable_items_are_quarantined(tmp_path: Path, caplog: pytest.L
     insert_raw(queue.db_path, garbage)
     insert_raw(queue.db_path, broken_body)
 
-    caplog.set_level(logging.ERROR, logger="collector.queue")
+    caplog.set_level(logging.ERROR, logger="collector.runtime.queue")
     queue.open()
     try:
         await queue.put([{"k": "after"}])
@@ -428,7 +428,7 @@ async def test_damaged_database_is_moved_aside(tmp_path: Path, caplog: pytest.Lo
     damage(directory / "queue.db")
     original = (directory / "queue.db").read_bytes()
 
-    caplog.set_level(logging.ERROR, logger="collector.queue")
+    caplog.set_level(logging.ERROR, logger="collector.runtime.queue")
     queue = DurableQueue(directory)
     queue.open()
     try:

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from collector.clock import FakeClock
 from collector.hookspecs import hookimpl
-from collector.schedule import CronSchedule, IntervalSchedule, PullReceiver, ScheduleConfig, Window
+from collector.pull import CronSchedule, IntervalSchedule, PullReceiver, ScheduleConfig, Window
 from collector.specs import ComponentSpec
 from collector.testing import testing_registry
 
@@ -155,7 +155,7 @@ async def test_failed_window_is_retried_until_it_succeeds(run_pipeline, registry
 async def test_backfill_reemits_windows_with_the_same_ids(registry, storage_dir, run_pipeline, capsys):
     import argparse
 
-    from collector.backfill import run_backfill
+    from collector.cli.backfill import run_backfill
     from collector.config import load_config
     from collector.testing.components import MemoryExporter
 

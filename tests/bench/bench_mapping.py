@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from collector.cloudevents import stable_id
+from collector.events import stable_id
 from collector.components import Batch, ComponentContext
 from collector.functions import parse_time
 from collector.plugins import PluginSelection, load_registry

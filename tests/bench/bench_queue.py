@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from collector.queue.sqlite import DurableQueue
+from collector.runtime.queue.sqlite import DurableQueue
 
 PRODUCERS = 100
 BATCH = 100

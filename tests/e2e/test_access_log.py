@@ -8,10 +8,10 @@ import aiohttp
 import orjson
 import pytest
 
-from collector.cloudevents import stable_id
+from collector.events import stable_id
 from collector.config import load_config
 from collector.plugins import PluginSelection, load_registry
-from collector.service import Service
+from collector.runtime.service import Service
 from support.fake_openmeter import FakeOpenMeter
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config-examples" / "access-log.yaml"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.deadletter import DeadLetterStore
-from collector.service import deadletter_path
+from collector.runtime.deadletters import DeadLetterStore
+from collector.runtime.service import deadletter_path
 from support.fake_openmeter import FakeOpenMeter
 
 

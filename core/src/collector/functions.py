@@ -15,8 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from collector.cloudevents import format_time as _rfc3339
-from collector.cloudevents import stable_id
+from collector.events import format_time as _rfc3339
+from collector.events import stable_id
 from collector.specs import FunctionSpec
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")

@@ -18,7 +18,7 @@ import yaml
 from driving import advance, drive
 
 from collector.clock import FakeClock
-from collector.cloudevents import format_time, stable_id
+from collector.events import format_time, stable_id
 from collector.testing import testing_registry
 
 WINDOW = 300

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from collector.cloudevents import format_time, stable_id
+from collector.events import format_time, stable_id
 from collector.state import StateStore
 from support.collector_proc import CollectorProcess, collector_config, free_port, read_queue_ids
 from support.fake_openmeter import FakeOpenMeter

@@ -28,7 +28,7 @@ from promserver import free_port
 from collector.clock import FakeClock
 from collector.components import ComponentContext
 from collector.errors import AuthError, ConfigError
-from collector.schedule import Window
+from collector.pull import Window
 from collector.telemetry import REDACTOR, Telemetry
 from collector.testing import testing_registry
 

@@ -137,7 +137,7 @@ def collector_exporters() -> list[ComponentSpec]:
 
 @hookimpl
 def collector_coordinators() -> list[ComponentSpec]:
-    from collector.builtin.local import LocalCoordinatorConfig
+    from collector.builtin.local_coordinator import LocalCoordinatorConfig
 
     return [
         ComponentSpec(

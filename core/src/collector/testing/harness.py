@@ -10,7 +10,7 @@ from pathlib import Path
 from collector.clock import Clock
 from collector.config import load_config
 from collector.plugins import PluginSelection, Registry, load_registry
-from collector.service import Service
+from collector.runtime.service import Service
 from collector.testing.components import MemoryExporter, ScriptedReceiver, TestingPlugin
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from collector.functions import parse_duration
-from collector.schedule import ScheduleConfig
+from collector.pull import ScheduleConfig
 
 #: Placeholders replaced in a query before it is sent, and the query types that allow each.
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {

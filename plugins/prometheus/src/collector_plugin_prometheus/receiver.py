@@ -1,6 +1,6 @@
 """The ``prometheus`` receiver: PromQL per time window, as CloudEvents.
 
-Built on :class:`collector.schedule.PullReceiver`: the framework picks the
+Built on :class:`collector.pull.PullReceiver`: the framework picks the
 windows, retries a failed one, and saves the watermark only once a window's
 events are committed.  This module only turns one window into records:
 
@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
-from collector.cloudevents import format_time
+from collector.events import format_time
 from collector.errors import AuthError, ConfigError, RetryableError
 from collector.mapping import CompiledMapping, compile_expression, registry_functions
-from collector.schedule import PullReceiver, Window
+from collector.pull import PullReceiver, Window
 from collector_plugin_prometheus.config import PrometheusReceiverConfig, QueryConfig, divides, prometheus_duration
 from collector_plugin_prometheus.results import PrometheusAPIError, QueryResult, parse_response
 

@@ -28,11 +28,12 @@ import orjson
 from aiohttp import web
 
 from collector.builtin.http.config import BearerAuth, HttpReceiverConfig
-from collector.cloudevents import IntakeError, fill_defaults, parse_events, parse_records, problem, validate_events
+from collector.builtin.http.intake import IntakeError, parse_events, parse_records, problem
+from collector.events import fill_defaults, validate_events
 from collector.components import Receiver
 from collector.config import parse_endpoint
 from collector.errors import BackpressureError, PermanentError, RecordError
-from collector.pipeline import VALIDATED
+from collector.runtime.pipeline import VALIDATED
 
 V1_PATH = "/api/v1/events"
 V3_PATH = "/api/v3/openmeter/events"

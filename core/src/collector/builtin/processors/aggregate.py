@@ -55,7 +55,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.cloudevents import format_time, stable_id
+from collector.events import format_time, stable_id
 from collector.components import Batch, Event, Meta
 from collector.functions import parse_duration
 from collector.state import Entry, StateStore, evictions_counter

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector.components import Processor
-from collector.deadletter import DeadLetterStore
+from collector.runtime.deadletters import DeadLetterStore
 from collector.errors import PermanentError, RecordError
 
 OnError = Literal["reject", "dead_letter", "drop"]

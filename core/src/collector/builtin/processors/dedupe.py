@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.cloudevents import stable_id
+from collector.events import stable_id
 from collector.components import Batch, Meta
 from collector.functions import parse_duration
 from collector.mapping import CompiledMapping, compile_expression, registry_functions

@@ -3,10 +3,10 @@
 OpenMeter de-duplicates events by ``id`` and ``source``.  A record that is
 delivered twice (a client retries, a file is re-read, the collector replays
 its queue after a crash) must therefore carry the same id both times, so the
-id is derived from the record's content with :func:`collector.cloudevents.stable_id`,
+id is derived from the record's content with :func:`collector.events.stable_id`,
 never drawn at random.
 
-"Missing" means absent or null, as in :func:`collector.cloudevents.fill_defaults`;
+"Missing" means absent or null, as in :func:`collector.events.fill_defaults`;
 present values, even invalid ones, are never changed.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.cloudevents import format_time, stable_id
+from collector.events import format_time, stable_id
 from collector.components import Batch, Meta
 from collector.functions import get as get_path
 from collector.functions import parse_time

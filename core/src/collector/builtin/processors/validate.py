@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.cloudevents import validate_event
+from collector.events import validate_event
 from collector.components import Batch, Meta
 from collector.errors import ConfigError
 

@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collector.cloudevents import validate_events
+from collector.events import validate_events
 from collector.components import Batch, Event, Meta, OutcomeHook, Processor
-from collector.delivery import ExporterRunner
+from collector.runtime.sender import ExporterRunner
 from collector.errors import BackpressureError, PermanentError, RecordError
 from collector.telemetry import Metrics
 
-log = logging.getLogger("collector.pipeline")
+log = logging.getLogger("collector.runtime.pipeline")
 
 # Receivers that validated CloudEvents themselves say so in the metadata, so
 # a pipeline without processors does not validate the same events twice.

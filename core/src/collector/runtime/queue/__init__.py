@@ -7,8 +7,8 @@ acknowledges them by id once every event in them is delivered or dead-lettered.
 
 Implementations:
 
-* :class:`collector.queue.memory.MemoryQueue`: volatile, for tests and demos;
-* :class:`collector.queue.sqlite.DurableQueue`: persist-queue (SQLite, WAL),
+* :class:`collector.runtime.queue.memory.MemoryQueue`: volatile, for tests and demos;
+* :class:`collector.runtime.queue.sqlite.DurableQueue`: persist-queue (SQLite, WAL),
   group commit, ``synchronous=FULL``; the default.
 """
 

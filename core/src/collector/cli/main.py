@@ -204,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     from collector.errors import ConfigError
-    from collector.runtime import ConfigSource, Runtime
+    from collector.runtime.supervisor import ConfigSource, Runtime
     from collector.telemetry import setup_logging
 
     try:
@@ -303,7 +303,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from collector.dlq import run_dlq
+    from collector.cli.dlq import run_dlq
 
     found = _load_or_report(args)
     if found is None:
@@ -315,7 +315,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     import asyncio
 
-    from collector.backfill import run_backfill
+    from collector.cli.backfill import run_backfill
     from collector.errors import ConfigError
 
     found = _load_or_report(args)
@@ -330,7 +330,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from collector.mapcmd import run_map
+    from collector.cli.map import run_map
 
     return run_map(args)
 

@@ -50,8 +50,8 @@ def _scoped(loaded: LoadedConfig, receiver_id: str, stamp: str) -> LoadedConfig:
 async def run_backfill(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) -> int:
     from tqdm import tqdm
 
-    from collector.schedule import PullReceiver
-    from collector.service import Service
+    from collector.pull import PullReceiver
+    from collector.runtime.service import Service
 
     rid = args.receiver
     if ("receiver", rid) not in loaded.components:

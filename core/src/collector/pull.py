@@ -38,9 +38,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.cloudevents import format_time, stable_id
+from collector.events import format_time, stable_id
 from collector.components import ConfigT, Receiver
-from collector.delivery import full_jitter
+from collector.runtime.sender import full_jitter
 from collector.errors import ConfigError
 from collector.functions import parse_duration
 

@@ -79,9 +79,9 @@ import orjson
 from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 
 from collector.errors import BackpressureError
-from collector.queue import QueueItem, QueueStats
+from collector.runtime.queue import QueueItem, QueueStats
 
-log = logging.getLogger("collector.queue")
+log = logging.getLogger("collector.runtime.queue")
 
 Durability = Literal["full", "relaxed"]
 _SYNCHRONOUS: dict[str, str] = {"full": "FULL", "relaxed": "NORMAL"}
@@ -271,7 +271,7 @@ def _settle_all(results: list[tuple[asyncio.Future[None], BaseException | None]]
 
 
 class DurableQueue:
-    """Durable :class:`collector.queue.BatchQueue` on persist-queue.
+    """Durable :class:`collector.runtime.queue.BatchQueue` on persist-queue.
 
     Threads: ``put`` runs on any event loop (several loops are fine) and only
     hands the batch to the writer thread; ``get``/``ack``/``release`` run in

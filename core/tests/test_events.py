@@ -1,4 +1,4 @@
-"""Tests of collector.cloudevents: body parsing, OpenMeter validation, defaults."""
+"""Tests of collector.events and the HTTP intake: body parsing, OpenMeter validation, defaults."""
 
 from __future__ import annotations
 
@@ -12,20 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.cloudevents import (
-    ACCEPTED_MEDIA_TYPES,
+from collector.builtin.http.intake import ACCEPTED_MEDIA_TYPES, IntakeError, media_type, parse_events, problem
+from collector.errors import CollectorError, RecordError
+from collector.events import (
     STABLE_ID_NAMESPACE,
-    IntakeError,
     fill_defaults,
     format_time,
-    media_type,
-    parse_events,
-    problem,
     stable_id,
     validate_event,
     validate_events,
 )
-from collector.errors import CollectorError, RecordError
 
 SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"

@@ -1,21 +1,15 @@
-"""Parse request bodies into CloudEvents and check them against OpenMeter's rules.
+"""CloudEvents as the collector handles them: OpenMeter's event rules, stable ids and times.
 
 Everything here is a pure function over plain JSON values (``dict``/``list``/
-``str``/...), so the HTTP receiver, processors and tests can share it without
-pulling in aiohttp or pydantic.  Validation runs on every event at ingest, so
-the hot path is written for speed: no regexes and one small list per event
-(~740k valid events/s on one core, see ``validate_event``).
+``str``/...), so receivers, processors, exporters and plugins can share it
+without pulling in aiohttp or pydantic.  Validation runs on every event at
+ingest, so the hot path is written for speed: no regexes and one small list per
+event (see ``validate_event``).
 
-Pipeline the receiver is expected to run::
-
-    events = parse_events(body, request.content_type_header)   # IntakeError -> 4xx
-    events = [fill_defaults(e, now=arrival) for e in events]
-    errors = validate_events(events)                           # -> 400 + problem(...)
-
-Whole-request problems (wrong media type, broken JSON, wrong top-level shape)
-raise :class:`IntakeError`; problems of single events are returned as
-:class:`~collector.errors.RecordError` so that one bad event can be named by
-its index instead of failing silently.
+Problems of single events are returned as :class:`~collector.errors.RecordError`
+so that one bad event can be named by its index instead of failing silently.
+HTTP intake (media types, body parsing, problem documents) lives with the HTTP
+receiver in :mod:`collector.builtin.http.intake`.
 """
 
 from __future__ import annotations
@@ -23,38 +17,22 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 
-from collector.errors import CollectorError, RecordError
+from collector.errors import RecordError
 
 __all__ = [
-    "ACCEPTED_MEDIA_TYPES",
-    "BATCH_MEDIA_TYPE",
-    "JSON_MEDIA_TYPE",
-    "SINGLE_MEDIA_TYPE",
-    "IntakeError",
+    "STABLE_ID_NAMESPACE",
+    "a_json_type",
     "fill_defaults",
     "format_time",
-    "media_type",
-    "parse_events",
-    "problem",
+    "quote_value",
     "stable_id",
     "validate_event",
     "validate_events",
 ]
-
-SINGLE_MEDIA_TYPE = "application/cloudevents+json"
-BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
-JSON_MEDIA_TYPE = "application/json"
-ACCEPTED_MEDIA_TYPES: frozenset[str] = frozenset({SINGLE_MEDIA_TYPE, BATCH_MEDIA_TYPE, JSON_MEDIA_TYPE})
-
-# Spelled out once so that every 415 tells the client the same thing.
-_ACCEPTED_HINT = (
-    f"{SINGLE_MEDIA_TYPE} (one event), {BATCH_MEDIA_TYPE} (a JSON array of events) or {JSON_MEDIA_TYPE} (either)"
-)
 
 # Fixed forever: every id the collector derives (fill_defaults, processors) is a
 # UUIDv5 in this namespace, so changing it would change ids of retried events
@@ -64,56 +42,7 @@ STABLE_ID_NAMESPACE = uuid.UUID("555e67b6-fd05-5007-8765-19352248122f")
 _NAMESPACE_BYTES = STABLE_ID_NAMESPACE.bytes
 
 
-# ---------------------------------------------------------------------------
-# Whole-request errors
-
-
-class IntakeError(CollectorError):
-    """The request as a whole cannot be taken in (HTTP 400 or 415).
-
-    ``title`` defaults to the HTTP reason phrase because the problem documents
-    use ``type: about:blank`` (RFC 7807 §4.2); ``detail`` says what to fix.
-    """
-
-    def __init__(self, status: int, detail: str, *, title: str | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title or HTTPStatus(status).phrase
-        self.detail = detail
-
-    def as_problem(self) -> dict[str, Any]:
-        """The RFC 7807 body to answer with."""
-        return problem(self.status, self.title, self.detail)
-
-    def __repr__(self) -> str:
-        return f"IntakeError({self.status}, {self.detail!r})"
-
-
-# ---------------------------------------------------------------------------
-# Content type and body parsing
-
-
-def media_type(content_type_header: str | None) -> str:
-    """The lower-cased media type of a Content-Type header, without parameters.
-
-    ``"Application/JSON; charset=utf-8"`` -> ``"application/json"``; a missing
-    header gives ``""``.
-    """
-    if not content_type_header:
-        return ""
-    return content_type_header.split(";", 1)[0].strip().lower()
-
-
-def _charset(content_type_header: str) -> str | None:
-    """The lower-cased ``charset`` parameter, unquoted, or None when absent."""
-    for param in content_type_header.split(";")[1:]:
-        name, sep, value = param.partition("=")
-        if sep and name.strip().lower() == "charset":
-            return value.strip().strip('"').strip().lower()
-    return None
-
-
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     """The JSON name of a value's type, for messages a client understands."""
     if value is None:
         return "null"
@@ -130,15 +59,15 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _a(value: object) -> str:
+def a_json_type(value: object) -> str:
     """``"an object"``, ``"a number"``, ``"null"``: the JSON type with its article."""
-    name = _json_type(value)
+    name = json_type(value)
     if name == "null":
         return name
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def _show(value: object, limit: int = 60) -> str:
+def quote_value(value: object, limit: int = 60) -> str:
     """A short JSON rendering of a client's value to quote back in a message."""
     try:
         text = orjson.dumps(value).decode()
@@ -147,123 +76,11 @@ def _show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def parse_events(body: bytes, content_type: str | None) -> list[Any]:
-    """Decode a request body into a list of (candidate) events.
-
-    * ``application/cloudevents+json``: exactly one JSON object.
-    * ``application/cloudevents-batch+json``: a non-empty JSON array.
-    * ``application/json``: an object (one event) or a non-empty array.
-
-    A ``charset`` parameter is allowed only when it is UTF-8 (JSON is UTF-8 by
-    RFC 8259); anything else is 415 rather than a guess at decoding.
-
-    Elements of an array are returned as they are, even when they are not
-    objects: a non-object element is a problem of that one event, which
-    :func:`validate_event` reports by index together with every other bad
-    event, so the client learns about all of them in one round trip.  The
-    result is therefore ``list[Any]``; only after :func:`validate_events`
-    returns no errors is every element a ``dict``.
-
-    Raises :class:`IntakeError` (415 for media type/charset, 400 for invalid
-    JSON, a wrong top-level shape or an empty batch); never anything else.
-    """
-    mtype = media_type(content_type)
-    if not mtype:
-        raise IntakeError(415, f"the Content-Type header is missing; send {_ACCEPTED_HINT}")
-    if mtype not in ACCEPTED_MEDIA_TYPES:
-        raise IntakeError(415, f"Content-Type {mtype!r} is not supported; send {_ACCEPTED_HINT}")
-    assert content_type is not None  # media_type() returned non-empty
-    charset = _charset(content_type)
-    if charset is not None and charset != "utf-8":
-        raise IntakeError(
-            415,
-            f"charset {charset!r} is not supported: send the body as UTF-8 (charset=utf-8, or no charset parameter)",
-        )
-
-    if not body:
-        raise IntakeError(400, "the request body is empty; send a CloudEvent or an array of them")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        # orjson's message carries "line L column C (char N)": keep it verbatim
-        # so the client can find the spot.
-        raise IntakeError(400, f"the body is not valid JSON: {exc}") from None
-
-    if isinstance(doc, dict):
-        if mtype == BATCH_MEDIA_TYPE:
-            raise IntakeError(
-                400,
-                f"{BATCH_MEDIA_TYPE} needs a JSON array of events, got an object: "
-                f"wrap it in [ ] or send it as {SINGLE_MEDIA_TYPE}",
-            )
-        return [doc]
-    if isinstance(doc, list):
-        if mtype == SINGLE_MEDIA_TYPE:
-            raise IntakeError(
-                400,
-                f"{SINGLE_MEDIA_TYPE} carries exactly one event (a JSON object), got an "
-                f"array: send arrays as {BATCH_MEDIA_TYPE}",
-            )
-        if not doc:
-            raise IntakeError(400, "empty batch: the array holds no events; send at least one")
-        return doc
-    expected = {
-        SINGLE_MEDIA_TYPE: "one event (a JSON object)",
-        BATCH_MEDIA_TYPE: "a JSON array of events",
-    }.get(mtype, "an event (a JSON object) or a JSON array of events")
-    raise IntakeError(400, f"the body must be {expected}, got {_a(doc)}")
-
-
 # ---------------------------------------------------------------------------
 # RFC 3339
 
 
 _TIME_EXAMPLE = '"2024-05-01T12:00:00Z" or "2024-05-01T14:00:00.250+02:00"'
-
-
-RAW_MEDIA_TYPES: frozenset[str] = frozenset(
-    {JSON_MEDIA_TYPE, "application/x-ndjson", "application/jsonl", "application/jsonlines", "application/json-lines"}
-)
-
-
-def parse_records(body: bytes, content_type: str | None) -> list[Any]:
-    """Decode a raw-JSON body (``format: json`` intake) into records.
-
-    ``application/json``: a JSON value; an array gives its elements, anything
-    else one record.  If the body is not one JSON value but is valid
-    newline-delimited JSON it is read as that.  ``application/x-ndjson`` (and
-    ``jsonl``): one JSON value per non-empty line.  Errors name the line.
-    """
-    mtype = media_type(content_type)
-    if mtype not in RAW_MEDIA_TYPES:
-        accepted = ", ".join(sorted(RAW_MEDIA_TYPES))
-        got = f"Content-Type {mtype!r} is not supported" if mtype else "the Content-Type header is missing"
-        raise IntakeError(415, f"{got}; send JSON records as one of: {accepted}")
-    charset = _charset(content_type or "")
-    if charset is not None and charset != "utf-8":
-        raise IntakeError(415, f"charset {charset!r} is not supported: send the body as UTF-8")
-    if not body.strip():
-        raise IntakeError(400, "the request body is empty; send a JSON object, an array, or JSON lines")
-    if mtype == JSON_MEDIA_TYPE:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            if b"\n" not in body.strip():
-                raise IntakeError(400, f"the body is not valid JSON: {exc}") from None
-        else:
-            if isinstance(doc, list):
-                if not doc:
-                    raise IntakeError(400, "empty batch: the array holds no records; send at least one")
-                return doc
-            return [doc]
-    records = []
-    for n, line in enumerate(body.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise IntakeError(400, f"line {n} is not valid JSON: {exc}") from None
-    return records
 
 
 def _rfc3339_problem(s: str) -> str | None:
@@ -294,11 +111,11 @@ def _rfc3339_problem(s: str) -> str | None:
     else:
         return _bad_time(s)
     if end != 19 and not (end > 20 and s[19] == "." and s[20:end].isdigit()):
-        return f"time has malformed fractional seconds (write them as .123); got {_show(s)}"
+        return f"time has malformed fractional seconds (write them as .123); got {quote_value(s)}"
     try:
         datetime.fromisoformat(s[:19])
     except ValueError as exc:  # "day is out of range for month", ...
-        return f"time is not a real date and time ({exc}); got {_show(s)}"
+        return f"time is not a real date and time ({exc}); got {quote_value(s)}"
     return None
 
 
@@ -324,15 +141,15 @@ def _bad_time(s: str) -> str:
     if len(s) >= 19 and s.isascii() and _datetime_head(s, "Tt "):
         # The date and time are fine; say exactly what is wrong around them.
         if s[10] != "T":
-            return f'time must separate date and time with an upper-case "T"; got {_show(s)}'
+            return f'time must separate date and time with an upper-case "T"; got {quote_value(s)}'
         tail = s[19:]
         if tail.endswith("z"):
-            return f'time must mark UTC with an upper-case "Z"; got {_show(s)}'
+            return f'time must mark UTC with an upper-case "Z"; got {quote_value(s)}'
         if "+" in tail or "-" in tail:
-            return f"time has an invalid UTC offset: use +HH:MM or -HH:MM, e.g. +02:00; got {_show(s)}"
+            return f"time has an invalid UTC offset: use +HH:MM or -HH:MM, e.g. +02:00; got {quote_value(s)}"
         if not tail or tail[-1].isdigit() or tail[-1] == ".":
-            return f'time needs a timezone: append "Z" for UTC or an offset such as "+02:00"; got {_show(s)}'
-    return f"time must be an RFC 3339 timestamp such as {_TIME_EXAMPLE}; got {_show(s)}"
+            return f'time needs a timezone: append "Z" for UTC or an offset such as "+02:00"; got {quote_value(s)}'
+    return f"time must be an RFC 3339 timestamp such as {_TIME_EXAMPLE}; got {quote_value(s)}"
 
 
 def format_time(when: datetime) -> str:
@@ -378,9 +195,9 @@ def _check_extensions(event: dict[Any, Any], index: int, errors: list[RecordErro
             errors.append(
                 RecordError(
                     index,
-                    f"attribute name {_show(shown)} is not allowed: CloudEvents extension "
+                    f"attribute name {quote_value(shown)} is not allowed: CloudEvents extension "
                     "attribute names may use only lowercase letters a-z and digits 0-9"
-                    + (f" (e.g. {_show(suggestion)})" if suggestion else "")
+                    + (f" (e.g. {quote_value(suggestion)})" if suggestion else "")
                     + "; put other properties into data",
                     shown,
                 )
@@ -392,7 +209,7 @@ def _check_extensions(event: dict[Any, Any], index: int, errors: list[RecordErro
                 RecordError(
                     index,
                     f"{name} must be a string, number, boolean or null: extension attributes "
-                    f"cannot hold {_a(value)}; move it into data",
+                    f"cannot hold {a_json_type(value)}; move it into data",
                     name,
                 )
             )
@@ -435,7 +252,7 @@ def validate_event(event: object, index: int) -> list[RecordError]:
         return [
             RecordError(
                 index,
-                f"each event must be a JSON object, got {_a(event)}",
+                f"each event must be a JSON object, got {a_json_type(event)}",
                 None,
             )
         ]
@@ -447,9 +264,9 @@ def validate_event(event: object, index: int) -> list[RecordError]:
         if specversion is None:
             msg = 'specversion is required: set it to "1.0"'
         elif isinstance(specversion, str):
-            msg = f'specversion must be "1.0" (the CloudEvents version OpenMeter accepts), got {_show(specversion)}'
+            msg = f'specversion must be "1.0" (the CloudEvents version OpenMeter accepts), got {quote_value(specversion)}'
         else:
-            msg = f'specversion must be the string "1.0", got {_a(specversion)} {_show(specversion)}'
+            msg = f'specversion must be the string "1.0", got {a_json_type(specversion)} {quote_value(specversion)}'
         errors.append(RecordError(index, msg, "specversion"))
 
     for name, purpose in _REQUIRED_STRINGS:
@@ -459,7 +276,7 @@ def validate_event(event: object, index: int) -> list[RecordError]:
         if value is None:
             msg = f"{name} is required: {purpose}"
         elif not isinstance(value, str):
-            msg = f"{name} must be a string ({purpose}), got {_a(value)} {_show(value)}"
+            msg = f"{name} must be a string ({purpose}), got {a_json_type(value)} {quote_value(value)}"
         elif not value:
             msg = f"{name} must not be empty: {purpose}"
         else:  # a str subclass with content: fine
@@ -481,7 +298,7 @@ def validate_event(event: object, index: int) -> list[RecordError]:
             errors.append(
                 RecordError(
                     index,
-                    f"time must be an RFC 3339 timestamp string such as {_TIME_EXAMPLE}, got {_a(time)}{hint}",
+                    f"time must be an RFC 3339 timestamp string such as {_TIME_EXAMPLE}, got {a_json_type(time)}{hint}",
                     "time",
                 )
             )
@@ -492,7 +309,7 @@ def validate_event(event: object, index: int) -> list[RecordError]:
             RecordError(
                 index,
                 "data must be a JSON object (or null) holding the usage values by name, "
-                f'e.g. {{"tokens": 10}}; got {_a(data)}',
+                f'e.g. {{"tokens": 10}}; got {a_json_type(data)}',
                 "data",
             )
         )
@@ -503,7 +320,7 @@ def validate_event(event: object, index: int) -> list[RecordError]:
             RecordError(
                 index,
                 'datacontenttype must be "application/json" or left out: OpenMeter accepts '
-                f"JSON data only; got {_show(contenttype)}",
+                f"JSON data only; got {quote_value(contenttype)}",
                 "datacontenttype",
             )
         )
@@ -513,7 +330,7 @@ def validate_event(event: object, index: int) -> list[RecordError]:
         errors.append(
             RecordError(
                 index,
-                f"dataschema must be a non-empty URI string or left out; got {_show(schema)}",
+                f"dataschema must be a non-empty URI string or left out; got {quote_value(schema)}",
                 "dataschema",
             )
         )
@@ -609,45 +426,3 @@ def fill_defaults(event: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     if time_missing:
         out["time"] = format_time(now)
     return out
-
-
-# ---------------------------------------------------------------------------
-# RFC 7807 problem documents
-
-
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    errors: list[RecordError] | None = None,
-    *,
-    events: list[Any] | None = None,
-) -> dict[str, Any]:
-    """An RFC 7807 ``application/problem+json`` body.
-
-    ``type`` is ``about:blank`` (the HTTP status says it all; ``title`` is
-    expected to be its reason phrase).  With ``errors``, ``invalid`` lists one
-    entry per problem: ``index``, ``field`` (null when the whole event is
-    wrong), ``message``, and the event's ``id`` when ``events`` is given and
-    that event has a non-empty string id -- so a client can match the entry
-    to its own record even if it reordered the batch.
-    """
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        invalid: list[dict[str, Any]] = []
-        for err in errors:
-            entry: dict[str, Any] = {"index": err.index, "field": err.field, "message": err.message}
-            if events is not None and 0 <= err.index < len(events):
-                ev = events[err.index]
-                if isinstance(ev, dict):
-                    ev_id = ev.get("id")
-                    if isinstance(ev_id, str) and ev_id:
-                        entry["id"] = ev_id
-            invalid.append(entry)
-        body["invalid"] = invalid
-    return body

@@ -27,15 +27,15 @@ from collector.components import (
     Receiver,
 )
 from collector.config import LoadedConfig
-from collector.deadletter import DeadLetterStore
-from collector.delivery import ExporterRunner
+from collector.runtime.deadletters import DeadLetterStore
+from collector.runtime.sender import ExporterRunner
 from collector.errors import ConfigError
-from collector.pipeline import Pipeline, ReceiverFanout
+from collector.runtime.pipeline import Pipeline, ReceiverFanout
 from collector.plugins import Registry
-from collector.queue import BatchQueue
+from collector.runtime.queue import BatchQueue
 from collector.telemetry import Telemetry
 
-log = logging.getLogger("collector.service")
+log = logging.getLogger("collector.runtime.service")
 
 
 def safe_name(component_id: str) -> str:
@@ -54,10 +54,10 @@ def deadletter_path(storage: Path, exporter_id: str) -> Path:
 def make_queue(storage: Path, exporter_id: str, config: ExporterConfig) -> BatchQueue:
     q = config.queue
     if q.kind == "memory":
-        from collector.queue.memory import MemoryQueue
+        from collector.runtime.queue.memory import MemoryQueue
 
         return MemoryQueue(max_bytes=q.max_bytes)
-    from collector.queue.sqlite import DurableQueue
+    from collector.runtime.queue.sqlite import DurableQueue
 
     return DurableQueue(
         exporter_dir(storage, exporter_id) / "queue",

@@ -1,7 +1,7 @@
 """``collector dlq list|replay|drop``: working with dead letters.
 
 Replay builds the exporter from the configuration and sends the entries
-through an :class:`~collector.delivery.ExporterRunner` backed by a memory
+through an :class:`~collector.runtime.sender.ExporterRunner` backed by a memory
 queue, so the same batching, retries, splitting and dead-lettering apply.
 It works whether or not a collector is running on the same storage.  An entry
 is removed only once its event is delivered or dead-lettered again (with the
@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.config import LoadedConfig
-from collector.deadletter import DeadLetterStore
+from collector.runtime.deadletters import DeadLetterStore
 from collector.plugins import Registry
-from collector.service import deadletter_path
+from collector.runtime.service import deadletter_path
 
 CHUNK = 1000
 
@@ -45,7 +45,7 @@ def _store(loaded: LoadedConfig, exporter_id: str) -> DeadLetterStore:
 def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[str, DeadLetterStore]]:
     """Dead letters of a processor (on_error: dead_letter), one store per pipeline it is in."""
     from collector.builtin.processors.common import deadletter_store_path
-    from collector.service import safe_name
+    from collector.runtime.service import safe_name
 
     pid = args.processor
     if ("processor", pid) not in loaded.components:
@@ -131,9 +131,9 @@ async def _replay(
     from tqdm import tqdm
 
     from collector.components import ComponentContext, Exporter, ExporterConfig
-    from collector.delivery import ExporterRunner
-    from collector.queue.memory import MemoryQueue
-    from collector.service import exporter_dir
+    from collector.runtime.sender import ExporterRunner
+    from collector.runtime.queue.memory import MemoryQueue
+    from collector.runtime.service import exporter_dir
     from collector.telemetry import Telemetry
 
     total = len(args.ids) if args.ids else store.count()

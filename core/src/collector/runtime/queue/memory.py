@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from collector.errors import BackpressureError
-from collector.queue import QueueItem, QueueStats
+from collector.runtime.queue import QueueItem, QueueStats
 
 
 class MemoryQueue:

@@ -25,7 +25,7 @@ from collector.errors import PermanentError
 
 def read_records(data: bytes) -> list[Any]:
     """A JSON value (object or array) or newline-delimited JSON, as the raw HTTP intake reads it."""
-    from collector.cloudevents import IntakeError, parse_records
+    from collector.builtin.http.intake import IntakeError, parse_records
 
     if not data.strip():
         return []
@@ -67,7 +67,7 @@ async def run_pipeline_processors(
 ) -> int:
     """Build the pipeline's processors on a throw-away storage directory and run them."""
     from collector.components import ComponentContext, Processor
-    from collector.pipeline import VALIDATED, Pipeline
+    from collector.runtime.pipeline import VALIDATED, Pipeline
     from collector.telemetry import Telemetry
 
     pipes = loaded.raw.service.pipelines
@@ -109,7 +109,7 @@ async def run_pipeline_processors(
 
 
 def run_map(args: argparse.Namespace) -> int:
-    from collector.cli import _load_or_report, _registry
+    from collector.cli.main import _load_or_report, _registry
 
     source = args.input
     data = sys.stdin.buffer.read() if source in (None, "-") else Path(source).read_bytes()

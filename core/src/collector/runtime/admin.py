@@ -18,9 +18,9 @@ from collector.config import parse_endpoint
 from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from collector.service import Service
+    from collector.runtime.service import Service
 
-log = logging.getLogger("collector.admin")
+log = logging.getLogger("collector.runtime.admin")
 
 
 def _json(data: object, status: int = 200) -> web.Response:

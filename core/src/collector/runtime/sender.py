@@ -43,12 +43,12 @@ from typing import Any, TypeVar
 import orjson
 
 from collector.components import Event, Exporter, ExporterConfig
-from collector.deadletter import DeadLetterStore
+from collector.runtime.deadletters import DeadLetterStore
 from collector.errors import AuthError, BackpressureError, PermanentError, RetryableError
-from collector.queue import BatchQueue, QueueItem
+from collector.runtime.queue import BatchQueue, QueueItem
 from collector.telemetry import Metrics
 
-log = logging.getLogger("collector.delivery")
+log = logging.getLogger("collector.runtime.sender")
 
 T = TypeVar("T")
 

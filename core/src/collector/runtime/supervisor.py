@@ -19,14 +19,14 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from collector.admin import AdminServer
+from collector.runtime.admin import AdminServer
 from collector.config import LoadedConfig
 from collector.errors import ConfigError
 from collector.plugins import Registry
-from collector.service import Service
+from collector.runtime.service import Service
 from collector.telemetry import Telemetry, setup_logging
 
-log = logging.getLogger("collector.runtime")
+log = logging.getLogger("collector.runtime.supervisor")
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""The ``collector`` command line."""
+
+from collector.cli.main import main
+
+__all__ = ["main"]
