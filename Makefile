@@ -39,6 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check core plugins tests
 	$(BIN)/ruff format --check core plugins tests
 	$(BIN)/mypy core/src $(wildcard plugins/*/src)
+	$(BIN)/lint-imports --config pyproject.toml
 
 format: $(STAMP)
 	$(BIN)/ruff format core plugins tests

@@ -44,6 +44,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from collector.config import CollectorConfig, Settings
+from collector.durations import format_duration, format_size
 from collector.plugins import PluginSelection, Registry, load_registry
 from collector.specs import KINDS, SECTION, ComponentSpec
 
@@ -81,6 +82,9 @@ def type_text(tp: Any, link: str | None = None) -> str:
     if origin is Literal:
         return " | ".join(f"`{_scalar(v)}`" for v in get_args(tp))
     if origin is typing.Annotated:
+        for meta in get_args(tp)[1:]:  # a type that names itself (collector.durations: duration, size)
+            if isinstance(getattr(meta, "reference_name", None), str):
+                return str(meta.reference_name)
         return type_text(get_args(tp)[0], link)
     if origin in (list, tuple, set, frozenset):
         inner = get_args(tp)
@@ -105,6 +109,13 @@ def type_text(tp: Any, link: str | None = None) -> str:
     if tp is Any:
         return "any"
     return getattr(tp, "__name__", str(tp))
+
+
+def field_type(field: FieldInfo) -> Any:
+    """The field's annotation with the metadata pydantic moved off it (so ``Duration`` stays itself)."""
+    if not field.metadata:
+        return field.annotation
+    return typing.Annotated[(field.annotation, *field.metadata)]  # type: ignore[valid-type]
 
 
 def nested_model(tp: Any) -> tuple[type[BaseModel], str] | None:
@@ -188,10 +199,31 @@ def default_of(field: FieldInfo) -> Any:
     return field.get_default(call_default_factory=True, validated_data={})
 
 
+def _reference_name(field: FieldInfo) -> str | None:
+    """``duration`` or ``size`` for the types of collector.durations, else None."""
+    for meta in field.metadata:
+        name = getattr(meta, "reference_name", None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
+def _as_written(field: FieldInfo, value: Any) -> Any:
+    """A duration or size default the way a person writes it (``24h``, ``512MiB``)."""
+    kind = _reference_name(field)
+    if kind == "duration" and isinstance(value, int | float):
+        return format_duration(value)
+    if kind == "size" and isinstance(value, int):
+        return format_size(value)
+    return value
+
+
 def default_text(name: str, field: FieldInfo) -> str:
     value = default_of(field)
     if value is PydanticUndefined:
         return "**required**"
+    if _reference_name(field) and value is not None:
+        return f"`{_as_written(field, value)}`"
     if isinstance(value, BaseModel):
         return "see below"
     if isinstance(value, SecretStr):
@@ -213,7 +245,10 @@ def default_text(name: str, field: FieldInfo) -> str:
 def yaml_value(value: Any) -> Any:
     """A default as plain YAML data (models as mappings, paths as strings, secrets as null)."""
     if isinstance(value, BaseModel):
-        return {(f.alias or name): yaml_value(getattr(value, name)) for name, f in type(value).model_fields.items()}
+        return {
+            (f.alias or name): yaml_value(_as_written(f, getattr(value, name)))
+            for name, f in type(value).model_fields.items()
+        }
     if isinstance(value, SecretStr):
         return None
     if isinstance(value, Path):
@@ -289,7 +324,7 @@ def model_tables(model: type[BaseModel], path: str = "", level: int = 2) -> str:
             sub_path = f"{path}.{name}{suffix}" if path else f"{name}{suffix}"
             nested.append(_Section(sub_path, sub_model))
         link = slug(f"`{sub_path}`") if sub_path else None
-        kind = type_text(field.annotation, link)
+        kind = type_text(field_type(field), link)
         limits = constraints(field)
         if limits:
             kind += ", " + ", ".join(limits)
@@ -360,7 +395,7 @@ def _env_name(name: str) -> str:
 def render_settings() -> str:
     rows = ["| Variable | Type | Description |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        kind = type_text(field.annotation)
+        kind = type_text(field_type(field))
         rows.append(f"| `{_env_name(name)}` | {_cell(kind)} | {_cell(field.description or '')} |")
     return "\n".join(rows)
 

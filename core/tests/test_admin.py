@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 
-from collector.runtime.admin import AdminServer
 from collector.errors import AuthError
+from collector.runtime.admin import AdminServer
+from collector.testing import eventually
 
 
 async def start_admin(p) -> AdminServer:
@@ -22,18 +21,16 @@ YAML = (
 )
 
 
-async def test_ping_ready_health_metrics(run_pipeline):
-    async with run_pipeline(YAML) as p:
+async def test_ping_ready_health_metrics(collector_run_pipeline):
+    async with collector_run_pipeline(YAML) as p:
         admin = await start_admin(p)
         base = f"http://127.0.0.1:{admin.port}"
         try:
             await p.receiver().send([{"specversion": "1.0", "id": "x", "source": "s", "type": "t", "subject": "u"}])
             await p.exporter().wait_for(1)
             runner = p.service.exporters["memory"]
-            for _ in range(100):  # the ack follows the export by a moment
-                if runner.queue.stats().events == 0:
-                    break
-                await asyncio.sleep(0.01)
+            # The ack follows the export by a moment.
+            await eventually(lambda: runner.queue.stats().events == 0, message="the queue is empty")
             async with aiohttp.ClientSession() as http:
                 async with http.get(base + "/ping") as r:
                     assert r.status == 200 and await r.text() == "pong"
@@ -62,21 +59,19 @@ async def test_ping_ready_health_metrics(run_pipeline):
             await admin.stop()
 
 
-async def test_ready_turns_false_while_exporter_paused_on_auth(run_pipeline):
-    async with run_pipeline(YAML) as p:
+async def test_ready_turns_false_while_exporter_paused_on_auth(collector_run_pipeline):
+    async with collector_run_pipeline(YAML) as p:
         admin = await start_admin(p)
         try:
             p.exporter().fail_with = [AuthError("403 Forbidden", status=403)] * 1000
             await p.receiver().send([{"specversion": "1.0", "id": "x", "source": "s", "type": "t", "subject": "u"}])
             async with aiohttp.ClientSession() as http:
-                for _ in range(200):
+
+                async def not_ready() -> dict | None:
                     async with http.get(f"http://127.0.0.1:{admin.port}/ready") as r:
-                        if r.status == 503:
-                            body = await r.json()
-                            break
-                    await asyncio.sleep(0.02)
-                else:
-                    raise AssertionError("/ready never turned false")
+                        return await r.json() if r.status == 503 else None
+
+                body = await eventually(not_ready, timeout=4, message="/ready turns false")
             assert body["ready"] is False, body
             assert any("exporter memory: 403 Forbidden" in reason for reason in body["reasons"])
             p.exporter().fail_with = []

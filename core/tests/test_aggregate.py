@@ -108,9 +108,9 @@ MIXED = [
 ]
 
 
-async def test_exact_sums_and_counts_per_group_and_window(run_pipeline):
+async def test_exact_sums_and_counts_per_group_and_window(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send(MIXED)
         await advance(p, clock, 64)  # 22:14:04: the first window is not closed yet (end + 5 s)
         assert await delivered(p) == []
@@ -133,7 +133,7 @@ async def test_exact_sums_and_counts_per_group_and_window(run_pipeline):
         assert e["time"] == e["data"]["window_start"]
 
 
-async def test_sums_are_exact_decimals_and_min_max_count_of_a_field(run_pipeline):
+async def test_sums_are_exact_decimals_and_min_max_count_of_a_field(collector_run_pipeline):
     aggs = [
         {"field": "data.tokens", "op": "sum", "as": "total"},
         {"field": "data.tokens", "op": "min", "as": "least"},
@@ -141,7 +141,7 @@ async def test_sums_are_exact_decimals_and_min_max_count_of_a_field(run_pipeline
         {"field": "data.cached", "op": "count", "as": "cached"},
     ]
     clock = FakeClock(T0)
-    async with run_pipeline(config(aggregations=aggs, group_by=[]), clock=clock) as p:
+    async with collector_run_pipeline(config(aggregations=aggs, group_by=[]), clock=clock) as p:
         await p.receiver().send([ev(1, 1, tokens=0.1), ev(2, 2, tokens=0.2, data={"tokens": 0.2, "cached": True})])
         await p.receiver().send([ev(3, 3, tokens=-4)])
         await advance(p, clock, 70)
@@ -151,11 +151,11 @@ async def test_sums_are_exact_decimals_and_min_max_count_of_a_field(run_pipeline
     assert "model" not in data
 
 
-async def test_ids_are_deterministic_and_distinct(run_pipeline, tmp_path):
+async def test_ids_are_deterministic_and_distinct(collector_run_pipeline, tmp_path):
     runs = []
     for n in range(2):
         clock = FakeClock(T0)
-        async with run_pipeline(config(), clock=clock, storage_dir=tmp_path / f"s{n}") as p:
+        async with collector_run_pipeline(config(), clock=clock, storage_dir=tmp_path / f"s{n}") as p:
             await p.receiver().send(MIXED)
             await advance(p, clock, 200)
             runs.append(await delivered(p))
@@ -166,9 +166,9 @@ async def test_ids_are_deterministic_and_distinct(run_pipeline, tmp_path):
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", e["id"])
 
 
-async def test_a_window_closes_only_once_the_clock_passes_end_plus_lateness(run_pipeline):
+async def test_a_window_closes_only_once_the_clock_passes_end_plus_lateness(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(allowed_lateness="10s", close_interval="1ms"), clock=clock) as p:
+    async with collector_run_pipeline(config(allowed_lateness="10s", close_interval="1ms"), clock=clock) as p:
         await p.receiver().send([ev(1, 5)])
         await advance(p, clock, 70)  # exactly end + lateness: still open
         await p.receiver().send([ev(2, 6)])  # still taken into the window
@@ -180,10 +180,10 @@ async def test_a_window_closes_only_once_the_clock_passes_end_plus_lateness(run_
     assert event["data"]["requests"] == 2 and event["data"]["tokens"] == 20
 
 
-async def test_a_restart_in_the_middle_of_a_window_neither_loses_nor_double_counts(run_pipeline, tmp_path):
+async def test_a_restart_in_the_middle_of_a_window_neither_loses_nor_double_counts(collector_run_pipeline, tmp_path):
     first_half, second_half = MIXED[:4], MIXED[4:]
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock, storage_dir=tmp_path / "uninterrupted") as p:
+    async with collector_run_pipeline(config(), clock=clock, storage_dir=tmp_path / "uninterrupted") as p:
         await p.receiver().send(first_half)
         await advance(p, clock, 30)
         await p.receiver().send(second_half)
@@ -192,12 +192,12 @@ async def test_a_restart_in_the_middle_of_a_window_neither_loses_nor_double_coun
 
     clock = FakeClock(T0)
     storage = tmp_path / "restarted"
-    async with run_pipeline(config(), clock=clock, storage_dir=storage) as p:
+    async with collector_run_pipeline(config(), clock=clock, storage_dir=storage) as p:
         await p.receiver().send(first_half)
         await advance(p, clock, 30)
         assert await delivered(p) == []
     # down for a while, still inside the windows: nothing was emitted, nothing lost
-    async with run_pipeline(config(), clock=clock, storage_dir=storage) as p:
+    async with collector_run_pipeline(config(), clock=clock, storage_dir=storage) as p:
         await p.receiver().send(second_half)
         await advance(p, clock, 200)
         got = await delivered(p)
@@ -205,20 +205,20 @@ async def test_a_restart_in_the_middle_of_a_window_neither_loses_nor_double_coun
     assert len(got) == 4
 
 
-async def test_windows_that_closed_while_down_are_emitted_at_start(run_pipeline):
+async def test_windows_that_closed_while_down_are_emitted_at_start(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1), ev(2, 2)])
     clock.advance(3600)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await until(lambda: len(p.exporter().events) == 1)
         (event,) = await delivered(p)
     assert event["data"]["requests"] == 2
 
 
-async def test_a_crash_between_emit_and_delete_emits_the_same_id_again(run_pipeline):
+async def test_a_crash_between_emit_and_delete_emits_the_same_id_again(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1), ev(2, 2, model="mini")])
         store = proc(p).store
 
@@ -229,7 +229,7 @@ async def test_a_crash_between_emit_and_delete_emits_the_same_id_again(run_pipel
         await advance(p, clock, 70)
         first = await delivered(p)
         assert len(first) == 2 and "crash before the delete" in proc(p).health()["close_error"]
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await until(lambda: len(p.exporter().events) == 2)
         again = await delivered(p)
         await advance(p, clock, 60)
@@ -237,9 +237,9 @@ async def test_a_crash_between_emit_and_delete_emits_the_same_id_again(run_pipel
     assert sorted(again, key=lambda e: e["id"]) == sorted(first, key=lambda e: e["id"])
 
 
-async def test_a_failed_forward_is_retried_on_the_next_pass(run_pipeline):
+async def test_a_failed_forward_is_retried_on_the_next_pass(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1)])
         runner = p.service.exporters["memory"]
         original = runner.check_capacity
@@ -260,9 +260,9 @@ async def test_a_failed_forward_is_retried_on_the_next_pass(run_pipeline):
     assert event["data"]["requests"] == 1
 
 
-async def test_a_retried_batch_is_counted_once(run_pipeline):
+async def test_a_retried_batch_is_counted_once(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         batch = [ev(1, 1), ev(2, 2)]
         await p.receiver().send(batch)
         await p.receiver().send(batch)  # the client never saw the first answer
@@ -273,9 +273,9 @@ async def test_a_retried_batch_is_counted_once(run_pipeline):
     assert event["data"]["requests"] == 3
 
 
-async def test_without_dedupe_window_every_event_counts(run_pipeline):
+async def test_without_dedupe_window_every_event_counts(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(dedupe_window=0), clock=clock) as p:
+    async with collector_run_pipeline(config(dedupe_window=0), clock=clock) as p:
         await p.receiver().send([ev(1, 1), ev(1, 1)])
         await advance(p, clock, 70)
         (event,) = await delivered(p)
@@ -283,7 +283,7 @@ async def test_without_dedupe_window_every_event_counts(run_pipeline):
     assert event["data"]["requests"] == 2
 
 
-async def test_a_call_that_fails_elsewhere_absorbs_nothing(run_pipeline):
+async def test_a_call_that_fails_elsewhere_absorbs_nothing(collector_run_pipeline):
     yaml_text = f"""
 receivers: {{scripted: {{}}}}
 processors:
@@ -295,7 +295,7 @@ service:
     raw: {{receivers: [scripted], exporters: [memory/raw]}}
 """
     clock = FakeClock(T0)
-    async with run_pipeline(yaml_text, clock=clock) as p:
+    async with collector_run_pipeline(yaml_text, clock=clock) as p:
         raw = p.service.exporters["memory/raw"]
         original = raw.check_capacity
         calls = {"n": 0}
@@ -316,9 +316,9 @@ service:
     assert event["data"]["requests"] == 2
 
 
-async def test_late_events_become_a_correction_with_its_own_id(run_pipeline):
+async def test_late_events_become_a_correction_with_its_own_id(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1, tokens=10)])
         await advance(p, clock, 70)  # 22:14:10: the 22:13 window went out
         (original,) = await delivered(p)
@@ -337,18 +337,18 @@ async def test_late_events_become_a_correction_with_its_own_id(run_pipeline):
     assert correction["data"]["requests"] == 2
 
 
-async def test_a_backfill_of_an_old_window_is_late_too(run_pipeline):
+async def test_a_backfill_of_an_old_window_is_late_too(collector_run_pipeline):
     clock = FakeClock(T0 + 3600)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1), ev(2, 2)])
         await advance(p, clock, 70)
         (event,) = await delivered(p)
     assert event["time"] == at(0).replace("Z", ".000Z") and event["data"]["requests"] == 2
 
 
-async def test_late_events_can_be_dropped_and_counted(run_pipeline):
+async def test_late_events_can_be_dropped_and_counted(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(late="drop"), clock=clock) as p:
+    async with collector_run_pipeline(config(late="drop"), clock=clock) as p:
         await p.receiver().send([ev(1, 1)])
         await advance(p, clock, 70)
         await p.receiver().send([ev(2, 2), ev(3, 65)])  # e2 is late, e3 is in the open 22:14 window
@@ -359,10 +359,10 @@ async def test_late_events_can_be_dropped_and_counted(run_pipeline):
     assert events[1]["time"] == at(60).replace("Z", ".000Z")
 
 
-async def test_an_event_for_a_closing_window_is_never_added_to_it(run_pipeline):
+async def test_an_event_for_a_closing_window_is_never_added_to_it(collector_run_pipeline):
     """Between being claimed and deleted a window takes no more input, whatever the clock says."""
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1)])
         store = proc(p).store
         original = store.delete_many
@@ -380,9 +380,9 @@ async def test_an_event_for_a_closing_window_is_never_added_to_it(run_pipeline):
     assert events[2]["id"] != events[0]["id"] and events[2]["data"]["requests"] == 1
 
 
-async def test_a_clock_that_steps_back_never_reopens_an_emitted_window(run_pipeline):
+async def test_a_clock_that_steps_back_never_reopens_an_emitted_window(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1)])
         await advance(p, clock, 70)  # emitted and deleted
         (original,) = await delivered(p)
@@ -394,17 +394,17 @@ async def test_a_clock_that_steps_back_never_reopens_an_emitted_window(run_pipel
     assert events[1]["time"] == original["time"] and events[1]["data"]["requests"] == 1
 
 
-async def test_bad_records_follow_on_error(run_pipeline):
+async def test_bad_records_follow_on_error(collector_run_pipeline):
     clock = FakeClock(T0)
     bad = [ev(1, 1), {**ev(2, 2), "time": None}, ev(3, 3, tokens="lots"), {**ev(4, 4), "subject": ""}, ev(5, 5)]
     del bad[4]["data"]["tokens"]
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send(bad)
         assert [r.index for r in exc.value.records] == [1, 2, 3, 4]
         assert "time" in exc.value.records[0].message and "tokens" in exc.value.records[1].message
         assert proc(p).store.count(NS_WINDOWS) == 0
-    async with run_pipeline(config(on_error="drop"), clock=clock) as p:
+    async with collector_run_pipeline(config(on_error="drop"), clock=clock) as p:
         await p.receiver().send(bad)
         await advance(p, clock, 70)
         (event,) = await delivered(p)
@@ -412,9 +412,9 @@ async def test_bad_records_follow_on_error(run_pipeline):
     assert event["data"]["requests"] == 1
 
 
-async def test_open_windows_filling_the_store_refuse_with_backpressure(run_pipeline):
+async def test_open_windows_filling_the_store_refuse_with_backpressure(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(max_keys=3, dedupe_window=0), clock=clock) as p:  # 2 windows + bookkeeping
+    async with collector_run_pipeline(config(max_keys=3, dedupe_window=0), clock=clock) as p:  # 2 windows + bookkeeping
         await p.receiver().send([ev(1, 1, model="a"), ev(2, 1, model="b")])
         with pytest.raises(BackpressureError):
             await p.receiver().send([ev(3, 1, model="c")])
@@ -425,22 +425,24 @@ async def test_open_windows_filling_the_store_refuse_with_backpressure(run_pipel
     assert sorted(e["data"]["model"] for e in events) == ["a", "b", "c"]
 
 
-async def test_remembered_ids_are_evicted_before_windows(run_pipeline):
+async def test_remembered_ids_are_evicted_before_windows(collector_run_pipeline):
     clock = FakeClock(T0)
-    async with run_pipeline(config(max_keys=4), clock=clock) as p:
+    async with collector_run_pipeline(config(max_keys=4), clock=clock) as p:
         await p.receiver().send([ev(1, 1), ev(2, 2)])  # 1 window + 2 ids (+ 1 bookkeeping entry)
         await p.receiver().send([ev(3, 3)])  # 1 window + 3 ids: the oldest id goes
-        evicted = p.service.telemetry.metrics.state_evicted.labels(component="aggregate")._value.get()
+        evicted = p.service.telemetry.metrics.registry.get_sample_value(
+            "collector_state_evicted_keys_total", {"component": "aggregate"}
+        )
         assert evicted == 1 and proc(p).store.count(NS_WINDOWS) == 1
         await advance(p, clock, 70)
         (event,) = await delivered(p)
     assert event["data"]["requests"] == 3
 
 
-async def test_group_by_an_extension_attribute_and_nested_data(run_pipeline):
+async def test_group_by_an_extension_attribute_and_nested_data(collector_run_pipeline):
     clock = FakeClock(T0)
     cfg = config(group_by=["region", "data.labels.tier"], aggregations=[{"op": "count", "as": "n"}])
-    async with run_pipeline(cfg, clock=clock) as p:
+    async with collector_run_pipeline(cfg, clock=clock) as p:
         await p.receiver().send(
             [
                 ev(1, 1, region="eu", data={"labels": {"tier": "pro"}}),
@@ -454,13 +456,13 @@ async def test_group_by_an_extension_attribute_and_nested_data(run_pipeline):
     assert got == [("-", "pro", 1), ("eu", "pro", 2)]
 
 
-async def test_open_windows_stay_in_the_store_across_shutdown(run_pipeline, storage_dir):
+async def test_open_windows_stay_in_the_store_across_shutdown(collector_run_pipeline, collector_storage):
     clock = FakeClock(T0)
-    async with run_pipeline(config(), clock=clock) as p:
+    async with collector_run_pipeline(config(), clock=clock) as p:
         await p.receiver().send([ev(1, 1)])
     from collector.state import StateStore
 
-    store = StateStore(storage_dir / "processors" / "aggregate" / "test" / "aggregate.sqlite")
+    store = StateStore(collector_storage / "processors" / "aggregate" / "test" / "aggregate.sqlite")
     (entry,) = store.items(NS_WINDOWS)
     assert entry.value["acc"] == {"tokens": "10", "requests": 1} and entry.value["closing"] is False
     store.close()
@@ -476,7 +478,7 @@ def test_config_is_checked():
         "collides": {"group_by": ["data.n"], "aggregations": [{"op": "count", "as": "n"}]},
         "extension attribute": {"group_by": ["Region"], "aggregations": [{"op": "count", "as": "n"}]},
         "may not be window_start": {"aggregations": [{"op": "count", "as": "window_start"}]},
-        "positive duration": {"window": "0s", "aggregations": [{"op": "count", "as": "n"}]},
+        "greater than 0": {"window": "0s", "aggregations": [{"op": "count", "as": "n"}]},
         "at least 1": {"aggregations": []},
     }
     for message, body in cases.items():
@@ -484,14 +486,14 @@ def test_config_is_checked():
             AggregateConfig(**body)
 
 
-async def test_the_documented_example(run_pipeline):
+async def test_the_documented_example(collector_run_pipeline):
     text = DOC.read_text(encoding="utf-8")
     when = re.search(r"<!-- aggregate-example-clock: (\S+) -->", text).group(1)
     rest = text[text.index("<!-- aggregate-example-clock") :]
     blocks = re.findall(r"^```(yaml|json)\n(.*?)^```$", rest, re.MULTILINE | re.DOTALL)
     assert [b[0] for b in blocks] == ["yaml", "json", "json"]
     clock = FakeClock(datetime.fromisoformat(when).timestamp())
-    async with run_pipeline(blocks[0][1], clock=clock) as p:
+    async with collector_run_pipeline(blocks[0][1], clock=clock) as p:
         await p.receiver().send(orjson.loads(blocks[1][1]))
         await advance(p, clock, 60, pipeline="usage")
         await advance(p, clock, 60, pipeline="usage")
@@ -500,7 +502,7 @@ async def test_the_documented_example(run_pipeline):
     assert p.exporter().events == expected
 
 
-async def test_after_dedupe_a_failed_absorb_records_no_dedupe_keys(run_pipeline):
+async def test_after_dedupe_a_failed_absorb_records_no_dedupe_keys(collector_run_pipeline):
     """Outcome hooks run latest processor first; when aggregate cannot absorb, dedupe is told the call failed."""
     yaml_text = f"""
 receivers: {{scripted: {{}}}}
@@ -510,7 +512,7 @@ processors:
 exporters: {{memory: {{batch: {{period: 0.01}}}}}}
 """
     clock = FakeClock(T0)
-    async with run_pipeline(yaml_text, clock=clock) as p:
+    async with collector_run_pipeline(yaml_text, clock=clock) as p:
         a = proc(p)
         original = a._absorb_sync
         calls = {"n": 0}
@@ -533,7 +535,7 @@ exporters: {{memory: {{batch: {{period: 0.01}}}}}}
     assert event["data"]["requests"] == 2
 
 
-async def test_windows_forwarded_into_a_dedupe_record_their_keys(run_pipeline):
+async def test_windows_forwarded_into_a_dedupe_record_their_keys(collector_run_pipeline):
     """forward() settles the outcome hooks of the processors after the aggregate, like a receiver's call."""
     yaml_text = f"""
 receivers: {{scripted: {{}}}}
@@ -543,7 +545,7 @@ processors:
 exporters: {{memory: {{batch: {{period: 0.01}}}}}}
 """
     clock = FakeClock(T0)
-    async with run_pipeline(yaml_text, clock=clock) as p:
+    async with collector_run_pipeline(yaml_text, clock=clock) as p:
         await p.receiver().send([ev(1, 1)])
         store = proc(p).store
         original = store.delete_many

@@ -16,6 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
+from collector.testing import eventually_sync
+
 GOOD = """
 receivers:
   http: {endpoint: "127.0.0.1:%(http)d"}
@@ -49,15 +51,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def wait_http(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
+                return bool(r.status == 200)
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} did not come up")
+            return False
+
+    eventually_sync(up, timeout=timeout, message=f"{url} comes up")
 
 
 def post_event(port: int, eid: str) -> int:
@@ -193,15 +194,14 @@ def test_sighup_reloads_valid_config_and_refuses_invalid(setup):
         new_http = free_port()
         cfg.write_text(good_text.replace(str(setup["http"]), str(new_http)))
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 15
-        while True:
+
+        def accepted_on_the_new_port() -> bool:
             try:
-                assert post_event(new_http, "after") == 204
-                break
+                return post_event(new_http, "after") == 204
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+                return False
+
+        eventually_sync(accepted_on_the_new_port, timeout=15, message="the reloaded config listens on the new port")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:
@@ -218,7 +218,7 @@ def test_run_without_arguments_starts_embedded_default(tmp_path):
     env = clean_env(
         COLLECTOR_HTTP_ENDPOINT=f"127.0.0.1:{http}",
         COLLECTOR_ADMIN_ENDPOINT=f"127.0.0.1:{admin}",
-        COLLECTOR_STORAGE=str(tmp_path / "data"),
+        COLLECTOR_STORAGE_DIRECTORY=str(tmp_path / "data"),
     )
     proc = subprocess.Popen(
         [*collector_cmd(), "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -245,7 +245,7 @@ def test_unknown_preset(cli):
 
 
 def test_http_server_preset_validates(cli, tmp_path):
-    out = cli("validate", "--preset", "http-server", env={"COLLECTOR_STORAGE": str(tmp_path)})
+    out = cli("validate", "--preset", "http-server", env={"COLLECTOR_STORAGE_DIRECTORY": str(tmp_path)})
     assert out.returncode == 0, out.stderr
 
 
@@ -287,3 +287,53 @@ def test_map_runs_a_configured_pipeline_and_validates(cli):
     out = cli("map", "-c", str(example), input=good + "\n" + bad, env={"OPENMETER_TOKEN": "x"})
     assert out.returncode == 1
     assert "record 1 field 'subject': subject is required" in out.stderr
+
+
+def test_map_runs_stateful_processors_without_touching_the_collectors_storage(cli, tmp_path):
+    storage = tmp_path / "data"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "receivers: {http: {}}\n"
+        "processors: {dedupe: {}}\n"
+        "exporters: {debug: {}}\n"
+        f"storage: {{directory: {storage}}}\n"
+        "service: {pipelines: {p: {receivers: [http], processors: [dedupe], exporters: [debug]}}}\n"
+    )
+    event = '{"specversion":"1.0","id":"e1","source":"s","type":"t","subject":"u"}'
+    for _ in range(2):  # a run keeps no keys: the same event passes the second time too
+        out = cli("map", "-c", str(cfg), input=event + "\n" + event)
+        assert out.returncode == 0, out.stderr
+        assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["e1"]
+    assert not storage.exists()
+
+
+def test_validate_honours_collector_config_and_collector_preset(cli, setup, tmp_path):
+    out = cli("validate", env={"COLLECTOR_CONFIG": str(setup["config"])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("configuration OK: 1 pipeline(s); receivers: http;")
+    out = cli("validate", env={"COLLECTOR_PRESET": "http-server", "COLLECTOR_STORAGE_DIRECTORY": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "receivers: http; processors: -; exporters: openmeter" in out.stdout
+    # A flag wins over the environment, and COLLECTOR_CONFIG over COLLECTOR_PRESET.
+    out = cli("validate", "--preset", "http-server", env={"COLLECTOR_CONFIG": str(tmp_path / "missing.yaml")})
+    assert out.returncode == 0, out.stderr
+    out = cli("validate", env={"COLLECTOR_CONFIG": str(setup["config"]), "COLLECTOR_PRESET": "nope"})
+    assert out.returncode == 0 and "exporters: debug, openmeter/unused" in out.stdout, out.stderr
+    out = cli("validate", env={"COLLECTOR_PRESET": "nope"})
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: COLLECTOR_PRESET: unknown preset 'nope'; available presets:")
+
+
+def test_retired_storage_variable_is_an_error_naming_its_replacement(cli, setup, tmp_path):
+    out = cli("validate", "-c", str(setup["config"]), env={"COLLECTOR_STORAGE": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        out.stderr.strip() == "error: COLLECTOR_STORAGE is not read any more: set COLLECTOR_STORAGE_DIRECTORY instead"
+    )
+
+
+def test_log_level_from_the_environment_in_any_case(cli, setup):
+    out = cli(
+        "validate", "-c", str(setup["config"]), env={"COLLECTOR_LOG_LEVEL": "WARNING", "COLLECTOR_LOG_FORMAT": "Text"}
+    )
+    assert out.returncode == 0, out.stderr

@@ -101,19 +101,19 @@ async def test_memory_queue_contract():
         await q.put([{"id": "z" * 100}])
 
 
-def test_fixtures_from_the_pytest_plugin(storage_dir, fake_clock, collector_registry):
-    assert storage_dir.is_dir() and list(storage_dir.iterdir()) == []
-    assert fake_clock.time() == 1_700_000_000.0
+def test_fixtures_from_the_pytest_plugin(collector_storage, collector_fake_clock, collector_registry):
+    assert collector_storage.is_dir() and list(collector_storage.iterdir()) == []
+    assert collector_fake_clock.time() == 1_700_000_000.0
     assert collector_registry.component("exporter", "memory").type == "memory"
     assert collector_registry.component("receiver", "scripted").type == "scripted"
 
 
-async def test_scripted_receiver_batches_emitted_at_start(run_pipeline):
+async def test_scripted_receiver_batches_emitted_at_start(collector_run_pipeline):
     yaml_text = """
 receivers:
   scripted:
     batches: [[{specversion: "1.0", id: "a", source: s, type: t, subject: u}]]
 exporters: {memory: {batch: {period: 0.01}}}
 """
-    async with run_pipeline(yaml_text) as p:
+    async with collector_run_pipeline(yaml_text) as p:
         assert [e["id"] for e in await p.exporter().wait_for(1)] == ["a"]

@@ -148,3 +148,70 @@ def test_bad_setting_from_environment_is_a_config_error(registry, monkeypatch):
     monkeypatch.setenv("COLLECTOR_ADMIN_ENDPOINT", "nope")
     with pytest.raises(ConfigError, match="COLLECTOR_ADMIN_ENDPOINT: 'nope' is not host:port"):
         load_config(BASE, registry, settings=Settings())
+
+
+def test_durations_and_sizes_are_read_in_every_section(registry):
+    text = BASE.replace(
+        "debug: {}", "debug: {timeout: 1m, queue: {max_bytes: 1GiB, max_age: 12h}, batch: {period: 200ms}}"
+    )
+    text = text.replace('http: {endpoint: "127.0.0.1:0"}', 'http: {endpoint: "127.0.0.1:0", max_body_bytes: 8MiB}')
+    loaded = load_config(text + "  drain_timeout: 1m30s\n", registry)
+    debug = loaded.get("exporter", "debug").config
+    assert (debug.timeout, debug.queue.max_bytes, debug.queue.max_age, debug.batch.period) == (
+        60.0,
+        1 << 30,
+        43200.0,
+        0.2,
+    )
+    assert loaded.get("receiver", "http").config.max_body_bytes == 8 << 20
+    assert loaded.raw.service.drain_timeout == 90.0
+
+
+def test_substituted_durations_and_sizes(registry):
+    text = BASE.replace("debug: {}", 'debug: {timeout: "${T:-30s}", batch: {max_events: "${BATCH_SIZE:-100}"}}')
+    loaded = load_config(text, registry, environ={"T": "2m"})
+    assert loaded.get("exporter", "debug").config.timeout == 120.0
+    assert loaded.get("exporter", "debug").config.batch.max_events == 100
+    assert errors_of(text, registry, environ={"T": "soon"}) == [
+        "exporters.debug.timeout: Value error, not a duration: 'soon' (use forms like 1h30m, 500ms, PT1H)"
+    ]
+
+
+def test_a_size_with_an_unknown_unit_names_the_units(registry):
+    text = BASE.replace("debug: {}", "debug: {queue: {max_bytes: 1GB2}}")
+    [line] = errors_of(text, registry)
+    assert line.startswith("exporters.debug.queue.max_bytes: Value error, not a size: '1GB2'")
+
+
+@pytest.mark.parametrize(
+    ("written", "level"), [("INFO", "info"), ("Warning", "warning"), ("WARN", "warning"), ("debug", "debug")]
+)
+def test_log_levels_are_case_insensitive_in_the_file_and_the_environment(registry, monkeypatch, written, level):
+    text = BASE + f"  telemetry: {{log_level: {written}, log_format: JSON}}\n"
+    telemetry = load_config(text, registry).raw.service.telemetry
+    assert (telemetry.log_level, telemetry.log_format) == (level, "json")
+    monkeypatch.setenv("COLLECTOR_LOG_LEVEL", written)
+    assert load_config(BASE, registry, settings=Settings()).raw.service.telemetry.log_level == level
+
+
+def test_a_misspelt_log_level_is_still_refused(registry):
+    [line] = errors_of(BASE + "  telemetry: {log_level: verbose}\n", registry)
+    assert line == "service.telemetry.log_level: Input should be 'debug', 'info', 'warning' or 'error'"
+
+
+def test_one_environment_variable_per_setting(registry, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLLECTOR_STORAGE_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("COLLECTOR_DRAIN_TIMEOUT", "2m")
+    loaded = load_config(BASE, registry, settings=Settings())
+    assert (loaded.raw.storage.directory, loaded.raw.service.drain_timeout) == (tmp_path, 120.0)
+    monkeypatch.setenv("COLLECTOR_STORAGE", str(tmp_path / "old"))
+    with pytest.raises(ValueError, match="COLLECTOR_STORAGE is not read any more: set COLLECTOR_STORAGE_DIRECTORY"):
+        Settings()
+
+
+def test_an_empty_environment_variable_counts_as_unset(registry, monkeypatch):
+    monkeypatch.setenv("COLLECTOR_STORAGE_DIRECTORY", "")
+    monkeypatch.setenv("COLLECTOR_LOG_LEVEL", "")
+    loaded = load_config(BASE + "  telemetry: {log_level: error}\n", registry, settings=Settings())
+    assert str(loaded.raw.storage.directory) == "data"
+    assert loaded.raw.service.telemetry.log_level == "error"

@@ -10,6 +10,7 @@ from collector.builtin.processors.dedupe import NAMESPACE, STATE_FILE
 from collector.clock import FakeClock
 from collector.errors import BackpressureError, PermanentError
 from collector.state import StateStore
+from collector.testing import eventually
 
 FAST = "exporters: {memory: {batch: {period: 0.01}}}\n"
 
@@ -29,15 +30,11 @@ def dropped(p, reason: str, processor: str = "dedupe") -> float:
 async def settle_queue(p) -> None:
     """Wait until the memory exporter has everything that was committed."""
     enqueued = p.service.telemetry.metrics.enqueued.labels(exporter="memory")
-    for _ in range(500):
-        if len(p.exporter().events) >= enqueued._value.get():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the queue did not drain")
+    await eventually(lambda: len(p.exporter().events) >= enqueued._value.get(), message="the queue drains")
 
 
-async def test_duplicates_within_a_batch_and_across_batches_are_dropped(run_pipeline, fake_clock):
-    async with run_pipeline(config(), clock=fake_clock) as p:
+async def test_duplicates_within_a_batch_and_across_batches_are_dropped(collector_run_pipeline, collector_fake_clock):
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         await p.receiver().send([ev(1), ev(2), ev(1), ev(3), ev(2)])
         await p.receiver().send([ev(3), ev(4), ev(1)])
         await p.exporter().wait_for(4)
@@ -46,34 +43,34 @@ async def test_duplicates_within_a_batch_and_across_batches_are_dropped(run_pipe
     assert [e["id"] for e in p.exporter().events] == ["e1", "e2", "e3", "e4"]
 
 
-async def test_the_same_id_from_another_source_is_not_a_duplicate(run_pipeline, fake_clock):
-    async with run_pipeline(config(), clock=fake_clock) as p:
+async def test_the_same_id_from_another_source_is_not_a_duplicate(collector_run_pipeline, collector_fake_clock):
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         await p.receiver().send([ev(1), ev(1, source="other")])
         events = await p.exporter().wait_for(2)
     assert [(e["source"], e["id"]) for e in events] == [("test", "e1"), ("other", "e1")]
 
 
-async def test_keys_survive_a_restart(run_pipeline, fake_clock, storage_dir):
-    async with run_pipeline(config(), clock=fake_clock) as p:
+async def test_keys_survive_a_restart(collector_run_pipeline, collector_fake_clock, collector_storage):
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         await p.receiver().send([ev(1), ev(2)])
         await p.exporter().wait_for(2)
-    async with run_pipeline(config(), clock=fake_clock) as p:
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         await p.receiver().send([ev(2), ev(3), ev(1)])
         await p.exporter().wait_for(1)
         await settle_queue(p)
         assert dropped(p, "duplicate") == 2
     assert [e["id"] for e in p.exporter().events] == ["e3"]
-    store = StateStore(storage_dir / "processors" / "dedupe" / "test" / STATE_FILE)
+    store = StateStore(collector_storage / "processors" / "dedupe" / "test" / STATE_FILE)
     assert store.count(NAMESPACE) == 3
     store.close()
 
 
-async def test_keys_expire_after_the_window(run_pipeline, fake_clock):
-    async with run_pipeline(config("{window: 1h}"), clock=fake_clock) as p:
+async def test_keys_expire_after_the_window(collector_run_pipeline, collector_fake_clock):
+    async with collector_run_pipeline(config("{window: 1h}"), clock=collector_fake_clock) as p:
         await p.receiver().send([ev(1)])
-        fake_clock.advance(3599)
+        collector_fake_clock.advance(3599)
         await p.receiver().send([ev(1)])  # still within the hour: dropped
-        fake_clock.advance(2)
+        collector_fake_clock.advance(2)
         await p.receiver().send([ev(1)])  # the key expired: passed on again
         await p.exporter().wait_for(2)
         await settle_queue(p)
@@ -81,8 +78,8 @@ async def test_keys_expire_after_the_window(run_pipeline, fake_clock):
     assert [e["id"] for e in p.exporter().events] == ["e1", "e1"]
 
 
-async def test_a_rejected_batch_does_not_record_its_keys(run_pipeline, fake_clock):
-    async with run_pipeline(config(), clock=fake_clock) as p:
+async def test_a_rejected_batch_does_not_record_its_keys(collector_run_pipeline, collector_fake_clock):
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         bad = ev(2)
         del bad["subject"]  # refused by the final validation, after dedupe ran
         with pytest.raises(PermanentError) as exc:
@@ -95,9 +92,9 @@ async def test_a_rejected_batch_does_not_record_its_keys(run_pipeline, fake_cloc
     assert [e["id"] for e in events] == ["e1", "e2"]
 
 
-async def test_a_later_processor_rejecting_does_not_poison_the_keys(run_pipeline, fake_clock):
+async def test_a_later_processor_rejecting_does_not_poison_the_keys(collector_run_pipeline, collector_fake_clock):
     more = "  validate: {}\n"
-    async with run_pipeline(config("{}", more), clock=fake_clock) as p:
+    async with collector_run_pipeline(config("{}", more), clock=collector_fake_clock) as p:
         with pytest.raises(PermanentError):
             await p.receiver().send([ev(1), {**ev(2), "time": "yesterday"}])
         await p.receiver().send([ev(1), ev(2)])
@@ -105,8 +102,8 @@ async def test_a_later_processor_rejecting_does_not_poison_the_keys(run_pipeline
     assert [e["id"] for e in events] == ["e1", "e2"]
 
 
-async def test_a_refused_commit_does_not_poison_the_keys(run_pipeline, fake_clock):
-    async with run_pipeline(config(), clock=fake_clock) as p:
+async def test_a_refused_commit_does_not_poison_the_keys(collector_run_pipeline, collector_fake_clock):
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         runner = p.service.exporters["memory"]
         original = runner.check_capacity
         calls = {"n": 0}
@@ -125,32 +122,38 @@ async def test_a_refused_commit_does_not_poison_the_keys(run_pipeline, fake_cloc
     assert [e["id"] for e in events] == ["e1"]
 
 
-async def test_a_concurrent_retry_waits_for_the_first_attempt(run_pipeline, fake_clock):
+async def test_a_concurrent_retry_waits_for_the_first_attempt(collector_run_pipeline, collector_fake_clock):
     """A retry racing its own first attempt is dropped when that attempt commits."""
-    async with run_pipeline(config(), clock=fake_clock) as p:
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         runner = p.service.exporters["memory"]
         original = runner.queue.put
         release = asyncio.Event()
 
+        puts: list[list[str]] = []
+
         async def slow_put(events):
+            puts.append([e["id"] for e in events])
             await release.wait()
             await original(events)
 
         runner.queue.put = slow_put  # type: ignore[method-assign]
         first = asyncio.create_task(p.receiver().send([ev(1), ev(2)]))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: puts == [["e1", "e2"]], message="the first call is committing")
         second = asyncio.create_task(p.receiver().send([ev(2), ev(3)]))
-        await asyncio.sleep(0.05)
-        assert not second.done(), "the retry must wait while e2 is in flight"
+        await asyncio.sleep(0.05)  # room for the retry to run; it must stop before the queue
+        assert puts == [["e1", "e2"]], "the retry must wait while e2 is in flight"
         release.set()
         await asyncio.gather(first, second)
+        assert puts == [["e1", "e2"], ["e3"]], "once e2 is committed, the retry passes e3 only"
         await p.exporter().wait_for(3)
         await settle_queue(p)
     assert sorted(e["id"] for e in p.exporter().events) == ["e1", "e2", "e3"]
 
 
-async def test_a_concurrent_retry_goes_through_when_the_first_attempt_fails(run_pipeline, fake_clock):
-    async with run_pipeline(config(), clock=fake_clock) as p:
+async def test_a_concurrent_retry_goes_through_when_the_first_attempt_fails(
+    collector_run_pipeline, collector_fake_clock
+):
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         runner = p.service.exporters["memory"]
         original = runner.queue.put
         release = asyncio.Event()
@@ -165,7 +168,7 @@ async def test_a_concurrent_retry_goes_through_when_the_first_attempt_fails(run_
 
         runner.queue.put = fail_first  # type: ignore[method-assign]
         first = asyncio.create_task(p.receiver().send([ev(1)]))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: calls["n"] == 1, message="the first call is committing")
         second = asyncio.create_task(p.receiver().send([ev(1)]))
         await asyncio.sleep(0.05)
         release.set()
@@ -176,9 +179,9 @@ async def test_a_concurrent_retry_goes_through_when_the_first_attempt_fails(run_
     assert [e["id"] for e in events] == ["e1"]
 
 
-async def test_a_key_expression(run_pipeline, fake_clock):
+async def test_a_key_expression(collector_run_pipeline, collector_fake_clock):
     dedupe = '{key: "[this.subject, this.data.request_id]"}'
-    async with run_pipeline(config(dedupe), clock=fake_clock) as p:
+    async with collector_run_pipeline(config(dedupe), clock=collector_fake_clock) as p:
         await p.receiver().send(
             [
                 ev(1, data={"request_id": "r1"}),
@@ -194,8 +197,8 @@ async def test_a_key_expression(run_pipeline, fake_clock):
     assert [e["id"] for e in p.exporter().events] == ["e1", "e3", "e4"]
 
 
-async def test_a_none_key_passes_unchecked(run_pipeline, fake_clock):
-    async with run_pipeline(config("{key: this.data.request_id}"), clock=fake_clock) as p:
+async def test_a_none_key_passes_unchecked(collector_run_pipeline, collector_fake_clock):
+    async with collector_run_pipeline(config("{key: this.data.request_id}"), clock=collector_fake_clock) as p:
         await p.receiver().send([ev(1, data={}), ev(2, data={}), ev(3, data={"request_id": "x"})])
         await p.receiver().send([ev(1, data={}), ev(4, data={"request_id": "x"})])
         await p.exporter().wait_for(4)
@@ -203,12 +206,14 @@ async def test_a_none_key_passes_unchecked(run_pipeline, fake_clock):
     assert [e["id"] for e in p.exporter().events] == ["e1", "e2", "e3", "e1"]
 
 
-async def test_a_failing_key_follows_on_error(run_pipeline, fake_clock):
-    async with run_pipeline(config('{key: "this.data.n + 1"}'), clock=fake_clock) as p:
+async def test_a_failing_key_follows_on_error(collector_run_pipeline, collector_fake_clock):
+    async with collector_run_pipeline(config('{key: "this.data.n + 1"}'), clock=collector_fake_clock) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([ev(1, data={"n": 1}), ev(2, data={"n": "x"})])
         assert [r.index for r in exc.value.records] == [1]
-    async with run_pipeline(config('{key: "this.data.n + 1", on_error: drop}'), clock=fake_clock) as p:
+    async with collector_run_pipeline(
+        config('{key: "this.data.n + 1", on_error: drop}'), clock=collector_fake_clock
+    ) as p:
         await p.receiver().send([ev(1, data={"n": 1}), ev(2, data={"n": "x"}), ev(3, data={"n": 1})])
         await p.exporter().wait_for(1)
         await settle_queue(p)
@@ -216,9 +221,9 @@ async def test_a_failing_key_follows_on_error(run_pipeline, fake_clock):
     assert [e["id"] for e in p.exporter().events] == ["e1"]
 
 
-async def test_a_full_key_store_evicts_the_keys_closest_to_expiry(run_pipeline, storage_dir):
+async def test_a_full_key_store_evicts_the_keys_closest_to_expiry(collector_run_pipeline, collector_storage):
     clock = FakeClock()
-    async with run_pipeline(config("{max_keys: 3, window: 1h}"), clock=clock) as p:
+    async with collector_run_pipeline(config("{max_keys: 3, window: 1h}"), clock=clock) as p:
         for i in range(1, 4):
             await p.receiver().send([ev(i)])
             clock.advance(60)
@@ -226,13 +231,15 @@ async def test_a_full_key_store_evicts_the_keys_closest_to_expiry(run_pipeline, 
         await p.receiver().send([ev(3), ev(1)])  # e3 is still known; e1 was forgotten (recording it evicts e3)
         await p.exporter().wait_for(6)
         await settle_queue(p)
-        evicted = p.service.telemetry.metrics.state_evicted.labels(component="dedupe")._value.get()
+        evicted = p.service.telemetry.metrics.registry.get_sample_value(
+            "collector_state_evicted_keys_total", {"component": "dedupe"}
+        )
         assert evicted == 3
         assert p.service.processors[("test", "dedupe")].health()["evicted_keys"] == 3
     assert [e["id"] for e in p.exporter().events] == ["e1", "e2", "e3", "e4", "e5", "e1"]
 
 
-async def test_dedupe_before_a_window_check_in_two_pipelines(run_pipeline, fake_clock):
+async def test_dedupe_before_a_window_check_in_two_pipelines(collector_run_pipeline, collector_fake_clock):
     """Each pipeline has its own dedupe state (storage is per processor and pipeline)."""
     yaml_text = """
 receivers: {scripted: {}}
@@ -243,12 +250,12 @@ service:
     a: {receivers: [scripted], processors: [dedupe], exporters: [memory/a]}
     b: {receivers: [scripted], processors: [dedupe], exporters: [memory/b]}
 """
-    async with run_pipeline(yaml_text, clock=fake_clock) as p:
+    async with collector_run_pipeline(yaml_text, clock=collector_fake_clock) as p:
         await p.receiver().send([ev(1), ev(1)])
         await p.receiver().send([ev(1)])
         a = await p.exporter("memory/a").wait_for(1)
         b = await p.exporter("memory/b").wait_for(1)
-        await asyncio.sleep(0.05)
+        # Counted while the sends ran, before they returned: nothing to wait for.
         assert dropped(p, "duplicate") == 4
     assert [e["id"] for e in a] == ["e1"] and [e["id"] for e in b] == ["e1"]
 
@@ -258,20 +265,22 @@ def test_config_rejects_a_bad_window_and_a_bad_key():
 
     assert DedupeConfig().window == 86400.0
     assert DedupeConfig(window="90m").window == 5400.0
-    with pytest.raises(ValueError, match="positive duration"):
+    with pytest.raises(ValueError, match="greater than 0"):
         DedupeConfig(window="0s")
     with pytest.raises(ValueError):
         DedupeConfig(window="soon")
     with pytest.raises(Exception, match="unknown name"):
-        DedupeConfig(key="nope.x").check_with_registry(None)
+        DedupeConfig(key="nope.x").check_with_functions(None)
 
 
-async def test_a_call_that_never_settles_does_not_block_its_keys_forever(run_pipeline, fake_clock, monkeypatch):
+async def test_a_call_that_never_settles_does_not_block_its_keys_forever(
+    collector_run_pipeline, collector_fake_clock, monkeypatch
+):
     from collector.builtin.processors import dedupe as module
     from collector.components import Batch
 
     monkeypatch.setattr(module, "PENDING_WAIT", 0.05)
-    async with run_pipeline(config(), clock=fake_clock) as p:
+    async with collector_run_pipeline(config(), clock=collector_fake_clock) as p:
         dedupe = p.service.processors[("test", "dedupe")]
         await dedupe.process_batch(Batch.of([ev(1)]), {})  # its outcome hook is never called
         await p.receiver().send([ev(1)])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import time
 
 import pytest
 
-from collector.runtime.sender import full_jitter
+from collector.clock import FakeClock
 from collector.errors import AuthError, PermanentError, RetryableError
 
 FAST = "retry: {initial_interval: 0.01, max_interval: 0.05, auth_interval: 0.05}"
@@ -38,16 +38,8 @@ async def until(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_full_jitter_is_bounded_by_cap_and_exponential():
-    rng = random.Random(1)
-    assert all(0 <= full_jitter(0, 1.0, 60.0, rng) <= 1.0 for _ in range(100))
-    assert all(0 <= full_jitter(3, 1.0, 60.0, rng) <= 8.0 for _ in range(100))
-    assert max(full_jitter(50, 1.0, 60.0, rng) for _ in range(500)) <= 60.0
-    assert max(full_jitter(10, 1.0, 60.0, rng) for _ in range(500)) > 30.0
-
-
-async def test_retryable_errors_are_retried_until_delivered(run_pipeline):
-    async with run_pipeline(config()) as p:
+async def test_retryable_errors_are_retried_until_delivered(collector_run_pipeline):
+    async with collector_run_pipeline(config()) as p:
         exp = p.exporter()
         exp.fail_with = [RetryableError("503"), ConnectionError("refused"), RetryableError("429", retry_after=0.1)]
         await p.receiver().send([ev(1), ev(2)])
@@ -57,8 +49,8 @@ async def test_retryable_errors_are_retried_until_delivered(run_pipeline):
         assert metric(p, "collector_exporter_retries_total", exporter="memory", **{"class": "network"}) == 1
 
 
-async def test_retry_after_is_honoured(run_pipeline):
-    async with run_pipeline(config()) as p:
+async def test_retry_after_is_honoured(collector_run_pipeline):
+    async with collector_run_pipeline(config()) as p:
         exp = p.exporter()
         exp.fail_with = [RetryableError("429", retry_after=0.5)]
         t0 = asyncio.get_running_loop().time()
@@ -67,14 +59,14 @@ async def test_retry_after_is_honoured(run_pipeline):
         assert asyncio.get_running_loop().time() - t0 >= 0.5
 
 
-async def test_rejected_batch_is_split_until_bad_events_are_isolated(run_pipeline):
+async def test_rejected_batch_is_split_until_bad_events_are_isolated(collector_run_pipeline):
     bad = {"e3", "e6"}
 
     def reject_bad(events):
         hit = [e["id"] for e in events if e["id"] in bad]
         return PermanentError("bad", status=400, body=f'{{"detail":"bad {hit}"}}') if hit else None
 
-    async with run_pipeline(config()) as p:
+    async with collector_run_pipeline(config()) as p:
         exp = p.exporter()
         exp.fail_with = [reject_bad] * 50
         await p.receiver().send([ev(i) for i in range(8)])
@@ -89,8 +81,8 @@ async def test_rejected_batch_is_split_until_bad_events_are_isolated(run_pipelin
         assert metric(p, "collector_exporter_dead_lettered_events_total", exporter="memory", reason="rejected") == 2
 
 
-async def test_auth_error_pauses_keeps_data_and_resumes(run_pipeline):
-    async with run_pipeline(config()) as p:
+async def test_auth_error_pauses_keeps_data_and_resumes(collector_run_pipeline):
+    async with collector_run_pipeline(config()) as p:
         runner = p.service.exporters["memory"]
         exp = p.exporter()
         exp.fail_with = [AuthError("401 Unauthorized", status=401)] * 5
@@ -106,8 +98,8 @@ async def test_auth_error_pauses_keeps_data_and_resumes(run_pipeline):
         assert runner.deadletters.count() == 0
 
 
-async def test_timeout_is_retried(run_pipeline):
-    async with run_pipeline(config()) as p:
+async def test_timeout_is_retried(collector_run_pipeline):
+    async with collector_run_pipeline(config()) as p:
         exp = p.exporter()
         original = exp.export
         calls = {"n": 0}
@@ -124,19 +116,33 @@ async def test_timeout_is_retried(run_pipeline):
         assert metric(p, "collector_exporter_retries_total", exporter="memory", **{"class": "timeout"}) == 1
 
 
-async def test_events_older_than_max_age_are_dead_lettered(run_pipeline):
-    async with run_pipeline(config("queue: {kind: memory, max_age: 0.3}")) as p:
+async def test_events_older_than_max_age_are_dead_lettered_by_the_clock(collector_run_pipeline):
+    # The queue stamps commits with wall-clock time, so the fake clock starts now;
+    # from there only the test moves it: nothing here waits an hour.
+    clock = FakeClock(start=time.time())
+    retries = {"exporter": "memory", "class": "retryable"}
+    async with collector_run_pipeline(config("queue: {kind: memory, max_age: 3600}"), clock=clock) as p:
         runner = p.service.exporters["memory"]
         p.exporter().fail_with = [RetryableError("down")] * 1000
         await p.receiver().send([ev(1), ev(2)])
-        await until(lambda: runner.deadletters.count() == 2, timeout=5)
+        await until(lambda: metric(p, "collector_exporter_retries_total", **retries) >= 1)
+        # Backoff sleeps are on the clock too: advancing it wakes the retry, still young.
+        seen = metric(p, "collector_exporter_retries_total", **retries)
+        clock.advance(3500)
+        await until(lambda: metric(p, "collector_exporter_retries_total", **retries) > seen)
+        assert runner.deadletters.count() == 0
+        assert runner.queue.stats().events == 2
+        clock.advance(200)
+        await until(lambda: runner.deadletters.count() == 2)
         assert {d.reason for d in runner.deadletters.list()} == {"max_age"}
         await until(lambda: runner.queue.stats().items == 0)
+        assert metric(p, "collector_exporter_dead_lettered_events_total", exporter="memory", reason="max_age") == 2
+        assert metric(p, "collector_queue_events", exporter="memory") == 0
 
 
 @pytest.mark.parametrize("n", [1, 250])
-async def test_counters_reconcile(run_pipeline, n):
-    async with run_pipeline(config()) as p:
+async def test_counters_reconcile(collector_run_pipeline, n):
+    async with collector_run_pipeline(config()) as p:
 
         def reject_e0(evs):
             return PermanentError("no", status=422) if any(e["id"] == "e0" for e in evs) else None

@@ -17,7 +17,8 @@ Markers (an HTML comment on the line right before a fenced block):
 * ``<!-- include: config-examples/x.yaml -->``: the block equals that file;
 * ``<!-- no-validate: reason -->``: a YAML block that is only parsed;
 * ``<!-- hookspec-example: collector_receivers -->``: the block equals that hookspec's example;
-* ``<!-- template-file: path -->``: the block equals that file of the template rendered for ``scale``;
+* ``<!-- template-file: path -->``: the block equals that file of the template rendered for ``scale``
+  (``<!-- template-file: KIND NAME path -->``: rendered with ``--kind KIND`` for ``NAME``);
 * ``<!-- test: send-event|health|metrics -->``: commands the getting-started test runs.
 """
 
@@ -35,7 +36,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,7 +50,7 @@ from collector.cli.main import build_parser
 from collector.clock import FakeClock
 from collector.config import CollectorConfig, Settings, load_config
 from collector.plugins import PluginSelection, load_registry
-from collector.testing import testing_registry
+from collector.testing import eventually_sync, testing_registry
 from collector.testing.harness import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,7 +238,8 @@ def test_docgen_renders_types_defaults_constraints_and_nested_models():
     assert "### `items.<name>`" in page and "### `inner`" in page and "Inner settings." in page
     assert "| `size_bytes` | integer, > 0, ≤ 1048576 | `2048` (2 KiB) | How \\| big. |" in page
     assert "| `target` | string | **required** | Required target. |" in page
-    assert "### `queue`" in page and "`536870912` (512 MiB)" in page and "`604800` (7 days)" in page
+    assert "### `queue`" in page and "| `max_bytes` | size, > 0 | `512MiB` |" in page
+    assert "| `max_age` | duration, > 0 | `7d` |" in page
     assert "## Defaults" not in page  # a required field: no all-defaults example
 
     class NoRequired(Demo):
@@ -367,13 +368,15 @@ def hookspec_example(name: str) -> str:
     return textwrap.dedent(match.group(1)).strip("\n") + "\n"
 
 
-def template_files() -> dict[str, str]:
+def template_file(arg: str) -> str | None:
+    """``path`` of the template rendered for ``scale``, or ``KIND NAME path`` rendered for that kind and name."""
+    kind, name, path = arg.split() if " " in arg else ("processor", "scale", arg)
     sys.path.insert(0, str(TEMPLATE))
     try:
         import generate  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(TEMPLATE))
-    return {p.as_posix(): text for p, text in generate.render("scale").items()}
+    return {p.as_posix(): text for p, text in generate.render(name, kind).items()}.get(path)
 
 
 def test_every_hook_has_its_example_in_the_plugin_guide():
@@ -385,6 +388,8 @@ def test_every_hook_has_its_example_in_the_plugin_guide():
 def test_plugin_guide_shows_the_template_files():
     shown = {b.arg for b in blocks(DOCS / "plugin-authors.md") if b.marker == "template-file"}
     assert {"pyproject.toml", "src/collector_plugin_scale/__init__.py", "tests/test_scale.py"} <= shown
+    # The worked example of a pull receiver (docs/plugin-authors.md, "Pull receivers").
+    assert {f"pull usage {f}" for f in ("src/collector_plugin_usage/receiver.py", "tests/test_usage.py")} <= shown
 
 
 def _fixture_values(tmp_path: Path) -> dict[str, Any]:
@@ -395,9 +400,9 @@ def _fixture_values(tmp_path: Path) -> dict[str, Any]:
         return run_pipeline(yaml_text, kwargs.pop("storage_dir", storage), **kwargs)
 
     return {
-        "run_pipeline": runner,
-        "storage_dir": storage,
-        "fake_clock": FakeClock(),
+        "collector_run_pipeline": runner,
+        "collector_storage": storage,
+        "collector_fake_clock": FakeClock(),
         "collector_registry": testing_registry(),
         "tmp_path": tmp_path,
     }
@@ -411,14 +416,12 @@ def _documents_with_python() -> list[Path]:
 def test_python_blocks_run(doc: Path, tmp_path: Path):
     """Hook examples and template files are compared; every other block runs, in order, in one
     namespace per page, and the ``test_*`` functions the page defines are called with the kit's fixtures."""
-    template = None
     namespace = types.ModuleType(f"docs_{doc.stem.replace('-', '_')}")
     for block in blocks(doc):
         if block.marker == "template-file":
-            template = template or template_files()
-            assert block.body == template.get(block.arg), (
-                f"{block.where}: must equal {block.arg} of the plugin template rendered for 'scale' "
-                f"(python contrib/plugin-template/generate.py scale DEST)"
+            assert block.body == template_file(block.arg), (
+                f"{block.where}: must equal {block.arg} of the plugin template as generate.py renders it "
+                f"(python contrib/plugin-template/generate.py NAME DEST --kind KIND)"
             )
             continue
         if block.lang != "python":
@@ -552,13 +555,7 @@ def _marked(doc: Path, name: str) -> tuple[Block, Block | None]:
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return eventually_sync(predicate, timeout=timeout, interval=0.05, message=what)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the walk-through uses curl")

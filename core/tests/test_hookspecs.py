@@ -43,7 +43,7 @@ def test_all_hookspecs_are_covered():
     assert declared == sorted(HOOKS)
 
 
-async def test_examples_work_in_a_pipeline(run_pipeline):
+async def test_examples_work_in_a_pipeline(collector_run_pipeline):
     registry = testing_registry(
         [
             ("rx", example_module("collector_receivers")),
@@ -56,7 +56,7 @@ receivers: {ticker: {count: 2}}
 processors: {upper: {}}
 exporters: {memory: {batch: {period: 0.01}}, "null": {queue: {kind: memory}}}
 """
-    async with run_pipeline(yaml_text, registry=registry) as p:
+    async with collector_run_pipeline(yaml_text, registry=registry) as p:
         events = await p.exporter("memory").wait_for(2)
     assert [e["subject"] for e in events] == ["DEMO", "DEMO"]
 

@@ -29,8 +29,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.events import stable_id
 from collector.errors import ConfigError
+from collector.events import stable_id
+from collector.testing import eventually
 from collector.testing.harness import RunningPipeline
 from collector.testing.harness import run_pipeline as start_pipeline
 
@@ -100,11 +101,7 @@ def queued(p: RunningPipeline, exporter: str = "memory") -> int:
 
 
 async def until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.01)
+    await eventually(predicate, timeout=timeout, message=what)
 
 
 async def only_sentinel_arrives(p: RunningPipeline, session: aiohttp.ClientSession, base: str) -> None:
@@ -125,8 +122,8 @@ async def only_sentinel_arrives(p: RunningPipeline, session: aiohttp.ClientSessi
 
 
 @pytest.mark.parametrize(("path", "expected"), [(V1, 204), (V3, 202)])
-async def test_success_is_answered_only_after_the_commit(run_pipeline, path, expected):
-    async with serving(run_pipeline, config(exporter="batch: {period: 60}")) as (p, base):
+async def test_success_is_answered_only_after_the_commit(collector_run_pipeline, path, expected):
+    async with serving(collector_run_pipeline, config(exporter="batch: {period: 60}")) as (p, base):
         runner = p.service.exporters["memory"]
         committed = asyncio.Event()
         original = runner.queue.put
@@ -145,13 +142,13 @@ async def test_success_is_answered_only_after_the_commit(run_pipeline, path, exp
         assert queued(p) == 2
 
 
-async def test_acknowledged_events_are_durably_queued_then_exported(run_pipeline, tmp_path):
+async def test_acknowledged_events_are_durably_queued_then_exported(collector_run_pipeline, tmp_path):
     out = tmp_path / "events.jsonl"
     yaml_text = (
         "receivers: {http: {endpoint: '127.0.0.1:0'}}\n"
         f"exporters: {{debug: {{path: '{out}', batch: {{period: 0.01}}, queue: {{kind: durable}}}}}}\n"
     )
-    async with serving(run_pipeline, yaml_text) as (p, base):
+    async with serving(collector_run_pipeline, yaml_text) as (p, base):
         runner = p.service.exporters["debug"]
         # hold the sender back: what the 204 promises must already be in the durable queue
         original_export = runner.exporter.export
@@ -192,8 +189,8 @@ CONTENT_TYPES = [
 ]
 
 
-async def test_every_openmeter_content_type_is_accepted(run_pipeline):
-    async with serving(run_pipeline, config()) as (p, base):
+async def test_every_openmeter_content_type_is_accepted(collector_run_pipeline):
+    async with serving(collector_run_pipeline, config()) as (p, base):
         expected: set[str] = set()
         async with aiohttp.ClientSession() as s:
             for n, (ctype, shape) in enumerate(CONTENT_TYPES):
@@ -217,8 +214,8 @@ async def test_every_openmeter_content_type_is_accepted(run_pipeline):
         None,
     ],
 )
-async def test_other_content_types_get_415(run_pipeline, ctype):
-    async with serving(run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
+async def test_other_content_types_get_415(collector_run_pipeline, ctype):
+    async with serving(collector_run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
         status, headers, body = await post(s, base + V1, [ev(1)], ctype)
         assert status == 415
         assert headers["Content-Type"].startswith(PROBLEM)
@@ -234,8 +231,8 @@ async def test_other_content_types_get_415(run_pipeline, ctype):
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 @pytest.mark.parametrize("path", [V1, V3])
-async def test_other_methods_get_405_with_allow(run_pipeline, method, path):
-    async with serving(run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
+async def test_other_methods_get_405_with_allow(collector_run_pipeline, method, path):
+    async with serving(collector_run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
         async with s.request(method, base + path, data=orjson.dumps(ev(1)), headers={"Content-Type": JSON}) as r:
             assert r.status == 405
             assert r.headers["Allow"] == "POST"
@@ -245,8 +242,8 @@ async def test_other_methods_get_405_with_allow(run_pipeline, method, path):
 
 
 @pytest.mark.parametrize("path", ["/", "/api/v1/event", "/api/v1/events/", "/api/v2/events", "/api/v3/events"])
-async def test_unknown_paths_get_404(run_pipeline, path):
-    async with serving(run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
+async def test_unknown_paths_get_404(collector_run_pipeline, path):
+    async with serving(collector_run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
         status, headers, body = await post(s, base + path, ev(1))
         assert status == 404
         assert headers["Content-Type"].startswith(PROBLEM)
@@ -288,8 +285,10 @@ BAD_REQUESTS = [
     [case[1:] for case in BAD_REQUESTS],
     ids=[case[0] for case in BAD_REQUESTS],
 )
-async def test_bad_requests_get_400_problem_naming_index_and_field(run_pipeline, body, ctype, expected, fragment):
-    async with serving(run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
+async def test_bad_requests_get_400_problem_naming_index_and_field(
+    collector_run_pipeline, body, ctype, expected, fragment
+):
+    async with serving(collector_run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
         status, headers, raw = await post(s, base + V1, body, ctype)
         assert status == 400, raw
         assert headers["Content-Type"].startswith(PROBLEM)
@@ -309,8 +308,8 @@ async def test_bad_requests_get_400_problem_naming_index_and_field(run_pipeline,
         await only_sentinel_arrives(p, s, base)
 
 
-async def test_a_broken_content_encoding_is_400_not_500(run_pipeline):
-    async with serving(run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
+async def test_a_broken_content_encoding_is_400_not_500(collector_run_pipeline):
+    async with serving(collector_run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
         status, headers, raw = await post(s, base + V1, b"this is not gzip", JSON, {"Content-Encoding": "gzip"})
         assert status == 400
         assert headers["Content-Type"].startswith(PROBLEM)
@@ -336,12 +335,12 @@ def _auth_setup(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
 
 
 @pytest.mark.parametrize("kind", ["inline", "file", "env"])
-async def test_bearer_tokens_are_required_and_never_logged(run_pipeline, tmp_path, monkeypatch, caplog, kind):
+async def test_bearer_tokens_are_required_and_never_logged(collector_run_pipeline, tmp_path, monkeypatch, caplog, kind):
     monkeypatch.setattr(logging.getLogger("collector"), "propagate", True)
     caplog.set_level(logging.DEBUG)
     fragment, good = _auth_setup(kind, tmp_path, monkeypatch)
     wrong = "wrong-token-0b7d1e"
-    async with serving(run_pipeline, config(receiver=fragment)) as (p, base), aiohttp.ClientSession() as s:
+    async with serving(collector_run_pipeline, config(receiver=fragment)) as (p, base), aiohttp.ClientSession() as s:
         for headers in (
             {},
             {"Authorization": f"Bearer {wrong}"},
@@ -369,8 +368,8 @@ async def test_bearer_tokens_are_required_and_never_logged(run_pipeline, tmp_pat
         assert good not in text and wrong not in text, f"a token was logged: {record.getMessage()!r}"
 
 
-async def test_a_non_utf8_authorization_header_is_401_not_500(run_pipeline):
-    async with serving(run_pipeline, config(receiver="auth: {tokens: [tok-1234]}")) as (p, _):
+async def test_a_non_utf8_authorization_header_is_401_not_500(collector_run_pipeline):
+    async with serving(collector_run_pipeline, config(receiver="auth: {tokens: [tok-1234]}")) as (p, _):
         head = (
             b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             b"Authorization: Bearer \xff\xfe\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -379,15 +378,15 @@ async def test_a_non_utf8_authorization_header_is_401_not_500(run_pipeline):
         assert status_line == b"HTTP/1.1 401 Unauthorized"
 
 
-async def test_auth_configured_but_empty_is_a_config_error(run_pipeline, tmp_path, monkeypatch):
+async def test_auth_configured_but_empty_is_a_config_error(collector_run_pipeline, tmp_path, monkeypatch):
     empty = tmp_path / "tokens.txt"
     empty.write_text("# nothing here\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="auth"):
-        async with run_pipeline(config(receiver=f"auth: {{tokens_file: '{empty}'}}")):
+        async with collector_run_pipeline(config(receiver=f"auth: {{tokens_file: '{empty}'}}")):
             pass
     monkeypatch.delenv("COLLECTOR_TEST_UNSET_TOKENS", raising=False)
     with pytest.raises(ConfigError, match="COLLECTOR_TEST_UNSET_TOKENS"):
-        async with run_pipeline(config(receiver="auth: {tokens_env: COLLECTOR_TEST_UNSET_TOKENS}")):
+        async with collector_run_pipeline(config(receiver="auth: {tokens_env: COLLECTOR_TEST_UNSET_TOKENS}")):
             pass
 
 
@@ -407,10 +406,10 @@ async def raw_exchange(port: int, data: bytes, *, read_timeout: float = 5.0) -> 
     return answer.split(b"\r\n", 1)[0], answer
 
 
-async def test_bodies_over_max_body_bytes_get_413(run_pipeline):
+async def test_bodies_over_max_body_bytes_get_413(collector_run_pipeline):
     limit = 1000
     async with (
-        serving(run_pipeline, config(receiver=f"max_body_bytes: {limit}")) as (p, base),
+        serving(collector_run_pipeline, config(receiver=f"max_body_bytes: {limit}")) as (p, base),
         aiohttp.ClientSession() as s,
     ):
         # exactly at the limit is fine
@@ -450,8 +449,11 @@ async def test_bodies_over_max_body_bytes_get_413(run_pipeline):
         assert (await post(s, base + V1, ev(5)))[0] == 204
 
 
-async def test_more_than_max_events_gets_413_and_nothing_is_queued(run_pipeline):
-    async with serving(run_pipeline, config(receiver="max_events: 3")) as (p, base), aiohttp.ClientSession() as s:
+async def test_more_than_max_events_gets_413_and_nothing_is_queued(collector_run_pipeline):
+    async with (
+        serving(collector_run_pipeline, config(receiver="max_events: 3")) as (p, base),
+        aiohttp.ClientSession() as s,
+    ):
         status, headers, raw = await post(s, base + V1, [ev(i) for i in range(4)], BATCH)
         assert status == 413
         assert headers["Content-Type"].startswith(PROBLEM)
@@ -463,8 +465,8 @@ async def test_more_than_max_events_gets_413_and_nothing_is_queued(run_pipeline)
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
-async def test_a_client_that_stalls_mid_body_gets_408_and_the_receiver_keeps_serving(run_pipeline, framing):
-    async with serving(run_pipeline, config(receiver="read_timeout: 0.3")) as (p, base):
+async def test_a_client_that_stalls_mid_body_gets_408_and_the_receiver_keeps_serving(collector_run_pipeline, framing):
+    async with serving(collector_run_pipeline, config(receiver="read_timeout: 0.3")) as (p, base):
         port = p.service.receivers["http"].port
         head = b"POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         partial = orjson.dumps([ev(1), ev(2)])[:30]
@@ -502,9 +504,9 @@ async def test_a_client_that_stalls_mid_body_gets_408_and_the_receiver_keeps_ser
 # Backpressure
 
 
-async def test_backpressure_answers_503_with_retry_after_and_recovers_by_itself(run_pipeline):
+async def test_backpressure_answers_503_with_retry_after_and_recovers_by_itself(collector_run_pipeline):
     yaml_text = config(exporter="queue: {kind: durable, max_bytes: 1500}, batch: {period: 0.01, max_events: 5}")
-    async with serving(run_pipeline, yaml_text) as (p, base), aiohttp.ClientSession() as s:
+    async with serving(collector_run_pipeline, yaml_text) as (p, base), aiohttp.ClientSession() as s:
         exporter = p.exporter()
         exporter.fail_with = [ConnectionError("OpenMeter is down")] * 1_000_000  # nothing drains
         accepted: set[str] = set()
@@ -591,10 +593,10 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_tls_from_cert_and_key_files(run_pipeline, tmp_path):
+async def test_tls_from_cert_and_key_files(collector_run_pipeline, tmp_path):
     cert, key = _self_signed(tmp_path)
     fragment = f"tls: {{cert_file: '{cert}', key_file: '{key}'}}, auth: {{tokens: [tls-token-5678]}}"
-    async with run_pipeline(config(receiver=fragment)) as p:
+    async with collector_run_pipeline(config(receiver=fragment)) as p:
         port = p.service.receivers["http"].port
         ctx = ssl.create_default_context(cafile=str(cert))
         auth = {"Authorization": "Bearer tls-token-5678"}
@@ -616,12 +618,12 @@ async def test_tls_from_cert_and_key_files(run_pipeline, tmp_path):
         assert len(events) >= 2
 
 
-async def test_unreadable_tls_material_is_a_config_error(run_pipeline, tmp_path):
+async def test_unreadable_tls_material_is_a_config_error(collector_run_pipeline, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_text("not a certificate", encoding="utf-8")
     key.write_text("not a key", encoding="utf-8")
     with pytest.raises(ConfigError, match="TLS"):
-        async with run_pipeline(config(receiver=f"tls: {{cert_file: '{cert}', key_file: '{key}'}}")):
+        async with collector_run_pipeline(config(receiver=f"tls: {{cert_file: '{cert}', key_file: '{key}'}}")):
             pass
 
 
@@ -635,13 +637,15 @@ def _is_arrival_time(value: str, before: dt.datetime, after: dt.datetime) -> boo
     return before - dt.timedelta(milliseconds=1) <= when <= after + dt.timedelta(milliseconds=1)
 
 
-async def test_missing_time_is_arrival_time_and_missing_id_is_deterministic(run_pipeline, storage_dir, tmp_path):
+async def test_missing_time_is_arrival_time_and_missing_id_is_deterministic(
+    collector_run_pipeline, collector_storage, tmp_path
+):
     bare = {"specversion": "1.0", "source": "app", "type": "api-call", "subject": "cust-1", "data": {"tokens": 5}}
     timed = {**bare, "time": "2024-05-01T12:00:00Z"}
     other = {**bare, "data": {"tokens": 6}}
     no_spec = {k: v for k, v in bare.items() if k != "specversion"}
     own = {**bare, "id": "client-id-1", "time": "2024-05-01T13:00:00+02:00"}
-    async with serving(run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
+    async with serving(collector_run_pipeline, config()) as (p, base), aiohttp.ClientSession() as s:
         windows = []
         sent = 0
         for body in ([bare], [bare, timed], [other, no_spec, own]):  # the first event is sent twice: a retry
@@ -671,16 +675,16 @@ async def test_missing_time_is_arrival_time_and_missing_id_is_deterministic(run_
     # the id does not depend on this process: another service computes the same one
     other_storage = tmp_path / "second"
     other_storage.mkdir()
-    async with serving(run_pipeline, config(), storage_dir=other_storage) as (p2, base2):
+    async with serving(collector_run_pipeline, config(), storage_dir=other_storage) as (p2, base2):
         async with aiohttp.ClientSession() as s:
             assert (await post(s, base2 + V3, bare, SINGLE))[0] == 202
         again = await p2.exporter().wait_for(1)
     assert again[0]["id"] == first["id"]
 
 
-async def test_fill_missing_false_refuses_events_without_id_or_time(run_pipeline):
+async def test_fill_missing_false_refuses_events_without_id_or_time(collector_run_pipeline):
     async with (
-        serving(run_pipeline, config(receiver="fill_missing: false")) as (p, base),
+        serving(collector_run_pipeline, config(receiver="fill_missing: false")) as (p, base),
         aiohttp.ClientSession() as s,
     ):
         body = [ev(1), ev(2, id=_DROP), ev(3, time=_DROP), ev(4, time=None)]
@@ -761,9 +765,9 @@ _content_types = st.one_of(
 )
 
 
-def test_fuzzed_requests_get_deliberate_answers_never_500(storage_dir):
+def test_fuzzed_requests_get_deliberate_answers_never_500(collector_storage):
     yaml_text = config(receiver="max_body_bytes: 2048, max_events: 5", exporter="queue: {kind: memory}")
-    with service_in_thread(yaml_text, storage_dir) as p:
+    with service_in_thread(yaml_text, collector_storage) as p:
         port = p.service.receivers["http"].port
         seen: dict[int, int] = {}
 
@@ -800,3 +804,51 @@ def test_fuzzed_requests_get_deliberate_answers_never_500(storage_dir):
         status, _, _ = send(V1, orjson.dumps(ev("after-fuzz")), JSON)
         assert status == 204
         assert p.service.health()["components"]["receivers"]["http"]["ready"] is True
+
+
+# ---------------------------------------------------------------------------
+# Event rules and metadata
+
+
+async def test_the_ingest_api_keeps_openmeters_rules_whatever_the_exporter(collector_run_pipeline, tmp_path):
+    # The debug exporter takes any CloudEvent, but /api/v1/events is OpenMeter's
+    # API: its clients are told at once what OpenMeter would refuse.
+    out = tmp_path / "events.jsonl"
+    yaml_text = (
+        "receivers: {http: {endpoint: '127.0.0.1:0'}}\n"
+        f"exporters: {{debug: {{path: '{out}', queue: {{kind: memory}}, batch: {{period: 0.01}}}}}}\n"
+    )
+    async with serving(collector_run_pipeline, yaml_text) as (_, base), aiohttp.ClientSession() as s:
+        status, _, raw = await post(s, base + V1, [ev(1), ev(2, subject=_DROP)], BATCH)
+        assert status == 400
+        assert [(e["index"], e["field"]) for e in orjson.loads(raw)["invalid"]] == [(1, "subject")]
+        assert (await post(s, base + V1, [ev(3)], BATCH))[0] == 204
+        await until(lambda: out.exists() and out.read_text().count("\n") == 1, what="the valid event exported")
+    assert [orjson.loads(line)["id"] for line in out.read_text().splitlines()] == ["e3"]
+
+
+async def test_raw_json_records_reach_mappings_with_typed_meta_all_or_nothing(collector_run_pipeline):
+    mapping = (
+        '{"specversion": "1.0", "id": this.id, "source": meta.receiver, "type": meta.format, '
+        '"subject": meta.headers["x-tenant-id"], "data": {"n": this.n}}'
+    )
+    yaml_text = (
+        "receivers: {http: {endpoint: '127.0.0.1:0', format: json, headers: [X-Tenant-Id]}}\n"
+        f"processors: {{mapping: {{expression: '{mapping}'}}}}\n"
+        f"exporters: {{memory: {{batch: {{period: 0.01}}, {FAST_RETRY}}}}}\n"
+    )
+    tenant = {"X-Tenant-Id": "acme"}
+    async with serving(collector_run_pipeline, yaml_text) as (p, base), aiohttp.ClientSession() as s:
+        status, _, _ = await post(s, base + "/ingest", [{"id": "a", "n": 1}], JSON, tenant)
+        assert status == 204
+        (event,) = await p.exporter().wait_for(1)
+        assert (event["source"], event["type"], event["subject"]) == ("http", "json", "acme")
+        # Without the header the mapping yields no subject: the whole request is refused (OpenMeter's
+        # contract), naming the record, and nothing of it is queued.
+        status, _, raw = await post(s, base + "/ingest", [{"id": "b", "n": 2}, {"id": "c", "n": 3}], JSON)
+        assert status == 400
+        assert {e["index"] for e in orjson.loads(raw)["invalid"]} == {0, 1}
+        # FIFO: once a later record arrived, anything committed before it would have too.
+        assert (await post(s, base + "/ingest", {"id": "d", "n": 4}, JSON, tenant))[0] == 204
+        await p.exporter().wait_for(2)
+    assert [e["id"] for e in p.exporter().events] == ["a", "d"]

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from collector.events import STABLE_ID_NAMESPACE, stable_id
 from collector.errors import PermanentError, RecordError
+from collector.events import STABLE_ID_NAMESPACE, stable_id
 from collector.functions import (
     builtin_functions,
     coalesce,
@@ -138,8 +138,8 @@ def test_no_builtins_beyond_the_safe_list():
 # -- the mapping processor ---------------------------------------------------------------------------------------
 
 
-async def test_mapping_turns_records_into_events(run_pipeline):
-    async with run_pipeline(pipeline(mapping(TO_EVENT))) as p:
+async def test_mapping_turns_records_into_events(collector_run_pipeline):
+    async with collector_run_pipeline(pipeline(mapping(TO_EVENT))) as p:
         await p.receiver().send([raw(1), raw(2)])
         events = await p.exporter().wait_for(2)
     assert events == [
@@ -148,17 +148,17 @@ async def test_mapping_turns_records_into_events(run_pipeline):
     ]
 
 
-async def test_mapping_sees_meta(run_pipeline):
+async def test_mapping_sees_meta(collector_run_pipeline):
     expr = TO_EVENT.replace('"data": {"n": this.n}', '"data": {"receiver": meta.receiver, "pipeline": meta.pipeline}')
-    async with run_pipeline(pipeline(mapping(expr))) as p:
+    async with collector_run_pipeline(pipeline(mapping(expr))) as p:
         await p.receiver().send([raw(1)])
         (event,) = await p.exporter().wait_for(1)
     assert event["data"] == {"receiver": "scripted", "pipeline": "test"}
 
 
-async def test_mapping_runtime_error_names_the_record_and_the_expression(run_pipeline):
+async def test_mapping_runtime_error_names_the_record_and_the_expression(collector_run_pipeline):
     expr = TO_EVENT.replace("this.n}", "this.n + 1}")
-    async with run_pipeline(pipeline(mapping(expr))) as p:
+    async with collector_run_pipeline(pipeline(mapping(expr))) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([raw(0), raw(1, n="x"), raw(2)])
         assert p.service.exporters["memory"].queue.stats().events == 0
@@ -169,8 +169,8 @@ async def test_mapping_runtime_error_names_the_record_and_the_expression(run_pip
     assert exc.value.message.startswith("processor mapping: 1 record(s) failed; record 1: mapping mapping failed")
 
 
-async def test_mapping_result_must_be_an_object(run_pipeline):
-    async with run_pipeline(pipeline(mapping("this.n"))) as p:
+async def test_mapping_result_must_be_an_object(collector_run_pipeline):
+    async with collector_run_pipeline(pipeline(mapping("this.n"))) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([raw(5)])
     assert exc.value.records == [
@@ -178,16 +178,16 @@ async def test_mapping_result_must_be_an_object(run_pipeline):
     ]
 
 
-async def test_mapping_none_drops_and_counts(run_pipeline):
+async def test_mapping_none_drops_and_counts(collector_run_pipeline):
     expr = f"None if this.user == 'bot' else {TO_EVENT}"
-    async with run_pipeline(pipeline(mapping(expr))) as p:
+    async with collector_run_pipeline(pipeline(mapping(expr))) as p:
         await p.receiver().send([raw(0, user="bot"), raw(1), raw(2, user="bot")])
         events = await p.exporter().wait_for(1)
         assert dropped(p, "mapping", "mapped_to_none") == 2
     assert [e["id"] for e in events] == ["r1"]
 
 
-async def test_mapping_on_error_drop_and_dead_letter(run_pipeline, storage_dir):
+async def test_mapping_on_error_drop_and_dead_letter(collector_run_pipeline, collector_storage):
     from collector.runtime.deadletters import DeadLetterStore
 
     expr = TO_EVENT.replace("this.n}", "10 // this.n}")
@@ -195,13 +195,13 @@ async def test_mapping_on_error_drop_and_dead_letter(run_pipeline, storage_dir):
     procs = procs.replace(
         "mapping/second: {expression: this,", "mapping/second: {expression: 'this if this.data.n < 6 else 1',"
     )
-    async with run_pipeline(procs) as p:
+    async with collector_run_pipeline(procs) as p:
         await p.receiver().send([raw(0), raw(1), raw(2), raw(5)])
         events = await p.exporter().wait_for(2)
         assert dropped(p, "mapping", "dead_lettered") == 1
         assert dropped(p, "mapping/second", "error") == 1  # r1: 10 // 1 = 10, mapped to 1, not an object
     assert [e["id"] for e in events] == ["r2", "r5"]
-    store = DeadLetterStore(storage_dir / "processors" / "mapping" / "test" / "deadletter.sqlite")
+    store = DeadLetterStore(collector_storage / "processors" / "mapping" / "test" / "deadletter.sqlite")
     try:
         (entry,) = store.list()
     finally:
@@ -210,17 +210,19 @@ async def test_mapping_on_error_drop_and_dead_letter(run_pipeline, storage_dir):
     assert "ZeroDivisionError" in entry.body
 
 
-async def test_filter_keeps_and_counts(run_pipeline):
+async def test_filter_keeps_and_counts(collector_run_pipeline):
     procs = pipeline("filter: {condition: \"this.user != 'bot'\"}", mapping(TO_EVENT))
-    async with run_pipeline(procs) as p:
+    async with collector_run_pipeline(procs) as p:
         await p.receiver().send([raw(0, user="bot"), raw(1), raw(2, user="bot"), raw(3)])
         events = await p.exporter().wait_for(2)
         assert dropped(p, "filter", "filtered") == 2
     assert [e["id"] for e in events] == ["r1", "r3"]
 
 
-async def test_filter_error_is_per_record(run_pipeline):
-    async with run_pipeline(pipeline("filter: {condition: 'this.n > 1', on_error: drop}", mapping(TO_EVENT))) as p:
+async def test_filter_error_is_per_record(collector_run_pipeline):
+    async with collector_run_pipeline(
+        pipeline("filter: {condition: 'this.n > 1', on_error: drop}", mapping(TO_EVENT))
+    ) as p:
         await p.receiver().send([raw(0), raw(2), raw(3, n="x")])
         events = await p.exporter().wait_for(1)
         assert dropped(p, "filter", "error") == 1
@@ -228,10 +230,10 @@ async def test_filter_error_is_per_record(run_pipeline):
     assert [e["id"] for e in events] == ["r2"]
 
 
-async def test_errors_after_a_filter_name_the_original_index(run_pipeline):
+async def test_errors_after_a_filter_name_the_original_index(collector_run_pipeline):
     procs = pipeline("filter: {condition: \"this.user != 'bot'\"}", mapping(TO_EVENT.replace("this.n}", "1 / this.n}")))
     records = [raw(5, user="bot"), raw(1), raw(0, user="bot"), raw(3), raw(0)]
-    async with run_pipeline(procs) as p:
+    async with collector_run_pipeline(procs) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send(records)
     # The mapping saw 3 records and failed on its third; the client sent that one at index 4.
@@ -239,9 +241,9 @@ async def test_errors_after_a_filter_name_the_original_index(run_pipeline):
     assert "ZeroDivisionError" in exc.value.records[0].message
 
 
-async def test_validation_after_a_mapping_names_the_original_index(run_pipeline):
+async def test_validation_after_a_mapping_names_the_original_index(collector_run_pipeline):
     procs = pipeline("filter: {condition: 'this.n != 0'}", mapping(TO_EVENT))
-    async with run_pipeline(procs) as p:
+    async with collector_run_pipeline(procs) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([raw(0), raw(1), raw(2, user=None)])
     assert [(r.index, r.field) for r in exc.value.records] == [(2, "subject")]
@@ -350,20 +352,20 @@ class CentsPlugin:
         return [FunctionSpec("cents", lambda amount: round(amount * 100), "Dollars to integer cents.")]
 
 
-async def test_a_plugin_function_is_usable_in_a_mapping(run_pipeline):
+async def test_a_plugin_function_is_usable_in_a_mapping(collector_run_pipeline):
     registry = testing_registry([("cents", CentsPlugin())])
     expr = TO_EVENT.replace("this.n}", "cents(this.n)}")
-    async with run_pipeline(pipeline(mapping(expr)), registry=registry) as p:
+    async with collector_run_pipeline(pipeline(mapping(expr)), registry=registry) as p:
         await p.receiver().send([raw(1, n=2.5)])
         (event,) = await p.exporter().wait_for(1)
     assert event["data"] == {"n": 250}
 
 
-async def test_without_the_plugin_the_function_is_unknown(run_pipeline):
+async def test_without_the_plugin_the_function_is_unknown(collector_run_pipeline):
     from collector.config import ConfigErrors
 
     with pytest.raises(ConfigErrors) as exc:
-        async with run_pipeline(pipeline(mapping("cents(this.n)"))):
+        async with collector_run_pipeline(pipeline(mapping("cents(this.n)"))):
             pass
     assert exc.value.lines() == [
         "processors.mapping.expression: line 1, column 1: unknown name 'cents' (read fields with this.<field>)"

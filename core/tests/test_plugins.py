@@ -166,3 +166,72 @@ def test_validate_with_strict_plugins_refuses_a_broken_plugin(make_dist, cli, tm
         out = cli("validate", *args, "-c", str(cfg), env={**env, **extra})
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("error: plugins: plugin 'broken' (collector-plugin-broken 0.2.0) failed to load")
+
+
+MISSPELT = (
+    GOOD
+    + """
+@hookimpl
+def collector_receiver():
+    return []
+"""
+)
+
+
+def test_a_misspelt_hook_fails_its_plugin_by_name_and_the_others_load(make_dist, clean_env, caplog):
+    make_dist("collector-plugin-typo", "cp_typo", MISSPELT, version="0.3.0", ep_name="typo")
+    make_dist("collector-plugin-null", "cp_null_ok", GOOD.replace('"double"', '"twice"'), ep_name="null")
+    reg = load_registry()
+    typo = next(p for p in reg.plugins if p.name == "typo")
+    assert typo.status == "failed"
+    assert typo.error == "hook 'collector_receiver' matches no hook specification (did you mean 'collector_receivers'?)"
+    # None of its hooks is used, not even the correctly spelt ones: the plugin is broken as a whole.
+    assert typo.components == [] and "double" not in reg.functions()
+    assert next(p for p in reg.plugins if p.name == "null").status == "loaded"
+    assert reg.component("exporter", "null").type == "null"
+    # Not strict: a warning naming the plugin; strict: an error.
+    assert reg.check() == []
+    with caplog.at_level("WARNING", logger="collector.plugins"):
+        reg.warn_broken()
+    assert "plugin typo (collector-plugin-typo 0.3.0) failed to load" in caplog.text
+    assert reg.check(strict=True) == [
+        "plugin 'typo' (collector-plugin-typo 0.3.0) failed to load: hook 'collector_receiver' matches no hook "
+        "specification (did you mean 'collector_receivers'?) (--strict-plugins)"
+    ]
+
+
+def test_an_in_process_plugin_with_an_unknown_hook_is_failed_too(clean_env):
+    from collector.hookspecs import hookimpl
+
+    class Sloppy:
+        @hookimpl
+        def collector_exporter(self) -> list[object]:
+            return []
+
+        @hookimpl
+        def collector_setup(self) -> None:
+            return None
+
+    reg = load_registry(PluginSelection(disabled=True), extra_plugins=[("sloppy", Sloppy())])
+    info = next(p for p in reg.plugins if p.name == "sloppy")
+    assert info.status == "failed"
+    assert "hook 'collector_exporter' matches no hook specification (did you mean 'collector_exporters'?)" in (
+        info.error or ""
+    )
+    assert "hook 'collector_setup' matches no hook specification" in (info.error or "")
+    assert next(p for p in reg.plugins if p.name == "builtin").status == "loaded"
+
+
+def test_plugins_command_shows_a_misspelt_hook_and_strict_fails_on_it(make_dist, cli, tmp_path):
+    make_dist("collector-plugin-typo", "cp_typo_cli", MISSPELT, version="0.4.0", ep_name="typo")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    out = cli("plugins", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "typo: failed: hook 'collector_receiver' matches no hook specification" in out.stdout
+    assert cli("plugins", "--strict-plugins", env=env).returncode == 2
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(MINIMAL_CONFIG % ("debug", "debug"))
+    assert cli("validate", "-c", str(cfg), env=env).returncode == 0
+    strict = cli("validate", "--strict-plugins", "-c", str(cfg), env=env)
+    assert strict.returncode == 2
+    assert "plugin 'typo' (collector-plugin-typo 0.4.0) failed to load: hook 'collector_receiver'" in strict.stderr

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.builtin.processors.common import deadletter_store_path
 from collector.clock import FakeClock
-from collector.events import fill_defaults, stable_id
 from collector.config import ConfigErrors, load_config
-from collector.runtime.deadletters import DeadLetterStore
 from collector.errors import ConfigError, PermanentError, RecordError
+from collector.events import fill_defaults, stable_id
+from collector.runtime.deadletters import DeadLetterStore
+from collector.runtime.layout import StorageLayout
 from collector.testing import testing_registry
 
 FAST = "exporters: {memory: {batch: {period: 0.01}}}\n"
@@ -66,17 +66,17 @@ def schema_file(tmp_path: Path) -> Path:
 # -- validate ---------------------------------------------------------------------------------------------------
 
 
-async def test_validate_passes_valid_events_unchanged(run_pipeline):
-    async with run_pipeline(config("  validate: {}")) as p:
+async def test_validate_passes_valid_events_unchanged(collector_run_pipeline):
+    async with collector_run_pipeline(config("  validate: {}")) as p:
         await p.receiver().send([ev(1, data={"tokens": 3}), ev(2)])
         events = await p.exporter().wait_for(2)
     assert events == [ev(1, data={"tokens": 3}), ev(2)]
 
 
-async def test_validate_rejects_naming_every_problem_of_every_record(run_pipeline):
+async def test_validate_rejects_naming_every_problem_of_every_record(collector_run_pipeline):
     bad = ev(2, time="2024-05-01 12:00:00")
     del bad["subject"]
-    async with run_pipeline(config("  validate: {}")) as p:
+    async with collector_run_pipeline(config("  validate: {}")) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([ev(1), bad, ev(3, data=[1])])
         assert p.service.exporters["memory"].queue.stats().events == 0
@@ -86,7 +86,7 @@ async def test_validate_rejects_naming_every_problem_of_every_record(run_pipelin
     assert exc.value.message.startswith("processor validate: 2 record(s) failed; record 1: subject is required")
 
 
-async def test_validate_data_schema_names_the_field(run_pipeline, schema_file):
+async def test_validate_data_schema_names_the_field(collector_run_pipeline, schema_file):
     records = [
         ev(0, data={"tokens": 1, "model": "m"}),
         ev(1, data={"tokens": "many", "model": "m"}),
@@ -94,7 +94,7 @@ async def test_validate_data_schema_names_the_field(run_pipeline, schema_file):
         ev(3, data={"tokens": 1, "model": "m", "items": [{"qty": 1}, {"qty": "x"}]}),
         ev(4),  # no data: checked as null
     ]
-    async with run_pipeline(config(f"  validate: {{data_schema: {schema_file}}}")) as p:
+    async with collector_run_pipeline(config(f"  validate: {{data_schema: {schema_file}}}")) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send(records)
     assert [(r.index, r.field) for r in exc.value.records] == [
@@ -108,21 +108,21 @@ async def test_validate_data_schema_names_the_field(run_pipeline, schema_file):
     assert exc.value.records[1].message == "data.model does not match the data schema: 'model' is a required property"
 
 
-async def test_validate_schema_is_read_once_at_start(run_pipeline, schema_file):
-    async with run_pipeline(config(f"  validate: {{data_schema: {schema_file}}}")) as p:
+async def test_validate_schema_is_read_once_at_start(collector_run_pipeline, schema_file):
+    async with collector_run_pipeline(config(f"  validate: {{data_schema: {schema_file}}}")) as p:
         schema_file.write_text(json.dumps({"type": "object", "required": ["other"]}), encoding="utf-8")
         await p.receiver().send([ev(1, data={"tokens": 1, "model": "m"})])
         assert len(await p.exporter().wait_for(1)) == 1
 
 
-async def test_validate_yaml_schema_and_schema_only_mode(run_pipeline, tmp_path):
+async def test_validate_yaml_schema_and_schema_only_mode(collector_run_pipeline, tmp_path):
     schema = tmp_path / "s.yaml"
     schema.write_text("type: object\nproperties: {tokens: {type: integer}}\n", encoding="utf-8")
     # cloudevents: false checks only the schema, so raw records can be checked before a mapping shapes them.
     procs = f"""  validate: {{cloudevents: false, data_schema: {schema}, on_error: drop}}
   mapping: {{expression: '{{"specversion": "1.0", "id": this.n, "source": "s", "type": "t", "subject": "c",
     "data": this.data}}'}}"""
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         await p.receiver().send([{"n": "a", "data": {"tokens": 1}}, {"n": "b", "data": {"tokens": 1.5}}, [1]])
         events = await p.exporter().wait_for(1)
         assert dropped(p, "validate", "error") == 2  # the float, and the record that is not an object
@@ -148,10 +148,10 @@ def test_validate_unusable_schema_is_a_config_error(tmp_path, content, message):
     assert message in lines[0]
 
 
-async def test_validate_schema_that_cannot_be_applied_fails_the_record(run_pipeline, tmp_path):
+async def test_validate_schema_that_cannot_be_applied_fails_the_record(collector_run_pipeline, tmp_path):
     schema = tmp_path / "remote.json"
     schema.write_text(json.dumps({"properties": {"a": {"$ref": "https://example.invalid/a.json"}}}), encoding="utf-8")
-    async with run_pipeline(config(f"  validate: {{data_schema: {schema}}}")) as p:
+    async with collector_run_pipeline(config(f"  validate: {{data_schema: {schema}}}")) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([ev(0, data={"a": 1})])
     (err,) = exc.value.records
@@ -177,16 +177,16 @@ def test_jsonschema_is_imported_only_when_a_schema_is_used():
 # -- on_error ---------------------------------------------------------------------------------------------------
 
 
-async def test_on_error_dead_letter_keeps_each_failed_record_once(run_pipeline, storage_dir):
+async def test_on_error_dead_letter_keeps_each_failed_record_once(collector_run_pipeline, collector_storage):
     bad = ev(1, time="yesterday")
     del bad["subject"]
-    async with run_pipeline(config("  validate: {on_error: dead_letter}")) as p:
+    async with collector_run_pipeline(config("  validate: {on_error: dead_letter}")) as p:
         await p.receiver().send([ev(0), bad, ev(2)])
         events = await p.exporter().wait_for(2)
         assert dropped(p, "validate", "dead_lettered") == 1
     assert [e["id"] for e in events] == ["e0", "e2"]
-    path = storage_dir / "processors" / "validate" / "test" / "deadletter.sqlite"
-    assert path == deadletter_store_path(storage_dir / "processors" / "validate" / "test")
+    path = collector_storage / "processors" / "validate" / "test" / "deadletter.sqlite"
+    assert path == StorageLayout(collector_storage).processor_deadletters("validate", "test")
     store = DeadLetterStore(path)
     try:
         (entry,) = store.list()
@@ -197,20 +197,20 @@ async def test_on_error_dead_letter_keeps_each_failed_record_once(run_pipeline, 
     assert "subject is required" in entry.body and "time must be an RFC 3339 timestamp" in entry.body
 
 
-async def test_on_error_drop_counts(run_pipeline, storage_dir):
-    async with run_pipeline(config("  validate: {on_error: drop}")) as p:
+async def test_on_error_drop_counts(collector_run_pipeline, collector_storage):
+    async with collector_run_pipeline(config("  validate: {on_error: drop}")) as p:
         await p.receiver().send([ev(0), ev(1, subject=""), ev(2, type=5)])
         events = await p.exporter().wait_for(1)
         assert dropped(p, "validate", "error") == 2
         assert p.service.telemetry.metrics.accepted.labels(receiver="scripted")._value.get() == 3
     assert [e["id"] for e in events] == ["e0"]
-    assert not (storage_dir / "processors" / "validate" / "test" / "deadletter.sqlite").exists()
+    assert not (collector_storage / "processors" / "validate" / "test" / "deadletter.sqlite").exists()
 
 
-async def test_errors_name_the_receivers_index_after_a_filter(run_pipeline):
+async def test_errors_name_the_receivers_index_after_a_filter(collector_run_pipeline):
     procs = "  filter: {condition: \"this.subject != 'skip'\"}\n  validate: {}"
     records = [ev(0, subject="skip"), ev(1, subject="skip"), ev(2), ev(3, time="later")]
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send(records)
     assert [(r.index, r.field) for r in exc.value.records] == [(3, "time")]
@@ -219,13 +219,13 @@ async def test_errors_name_the_receivers_index_after_a_filter(run_pipeline):
 # -- attributes ------------------------------------------------------------------------------------------------
 
 
-async def test_attributes_set_rename_delete(run_pipeline):
+async def test_attributes_set_rename_delete(collector_run_pipeline):
     procs = """  attributes:
     set: {data.region: eu-west-1, data.tags: {tier: gold}, subject: cust-9}
     rename: {data.tokens: data.usage.tokens, data.debug: data.missing_is_fine}
     delete: [data.internal, data.absent.deeper]"""
     records = [ev(0, data={"tokens": 5, "internal": "x"}), ev(1, data=None), ev(2)]
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         await p.receiver().send(records)
         events = await p.exporter().wait_for(3)
     assert events[0]["data"] == {"usage": {"tokens": 5}, "region": "eu-west-1", "tags": {"tier": "gold"}}
@@ -234,20 +234,20 @@ async def test_attributes_set_rename_delete(run_pipeline):
     assert events[1]["data"]["tags"] is not events[2]["data"]["tags"], "a literal object must not be shared"
 
 
-async def test_attributes_actions_run_in_a_fixed_order(run_pipeline):
+async def test_attributes_actions_run_in_a_fixed_order(collector_run_pipeline):
     # Listed set-first, but rename runs before delete, which runs before set, then from_env.
     procs = """  attributes:
     set: {data.x: new, data.y: set}
     delete: [data.y]
     rename: {data.x: data.y}"""
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         await p.receiver().send([ev(0, data={"x": "old"})])
         (event,) = await p.exporter().wait_for(1)
     # rename x->y (y=old), delete y, set x=new and y=set
     assert event["data"] == {"x": "new", "y": "set"}
 
 
-async def test_attributes_never_change_the_input_records(run_pipeline):
+async def test_attributes_never_change_the_input_records(collector_run_pipeline):
     yaml_text = """
 receivers: {scripted: {}}
 processors: {attributes: {set: {data.a.b: 1}, delete: [data.keep.other], rename: {data.keep.me: data.moved}}}
@@ -259,7 +259,7 @@ service:
 """
     record = ev(0, data={"a": {"z": 0}, "keep": {"me": 1, "other": 2}})
     snapshot = json.loads(json.dumps(record))
-    async with run_pipeline(yaml_text) as p:
+    async with collector_run_pipeline(yaml_text) as p:
         await p.receiver().send([record])
         (changed,) = await p.exporter("memory/changed").wait_for(1)
         (original,) = await p.exporter("memory/original").wait_for(1)
@@ -268,8 +268,8 @@ service:
     assert changed["data"] == {"a": {"z": 0, "b": 1}, "keep": {}, "moved": 1}
 
 
-async def test_attributes_cannot_write_through_a_non_object(run_pipeline):
-    async with run_pipeline(config("  attributes: {set: {data.region: eu}}")) as p:
+async def test_attributes_cannot_write_through_a_non_object(collector_run_pipeline):
+    async with collector_run_pipeline(config("  attributes: {set: {data.region: eu}}")) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([ev(0, data={}), ev(1, data="text"), [1]])
     assert exc.value.records == [
@@ -280,24 +280,24 @@ async def test_attributes_cannot_write_through_a_non_object(run_pipeline):
     ]
 
 
-async def test_attributes_from_env_is_read_once_at_start(run_pipeline, monkeypatch):
+async def test_attributes_from_env_is_read_once_at_start(collector_run_pipeline, monkeypatch):
     monkeypatch.setenv("COLLECTOR_TEST_REGION", "eu-west-1")
     monkeypatch.delenv("COLLECTOR_TEST_ZONE", raising=False)
     procs = """  attributes:
     from_env:
       data.region: COLLECTOR_TEST_REGION
       data.zone: {variable: COLLECTOR_TEST_ZONE, default: a}"""
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         monkeypatch.setenv("COLLECTOR_TEST_REGION", "changed")
         await p.receiver().send([ev(0)])
         (event,) = await p.exporter().wait_for(1)
     assert event["data"] == {"region": "eu-west-1", "zone": "a"}
 
 
-async def test_attributes_missing_env_variable_stops_the_start(run_pipeline, monkeypatch):
+async def test_attributes_missing_env_variable_stops_the_start(collector_run_pipeline, monkeypatch):
     monkeypatch.delenv("COLLECTOR_TEST_NOPE", raising=False)
     with pytest.raises(ConfigError) as exc:
-        async with run_pipeline(config("  attributes: {from_env: {data.host: COLLECTOR_TEST_NOPE}}")):
+        async with collector_run_pipeline(config("  attributes: {from_env: {data.host: COLLECTOR_TEST_NOPE}}")):
             pass
     assert exc.value.path == "processors.attributes.from_env.data.host"
     assert "environment variable COLLECTOR_TEST_NOPE is not set" in exc.value.message
@@ -328,10 +328,10 @@ def bare(**extra: object) -> dict:
     return {"source": "meter", "type": "tokens", "subject": "cust-1", "data": {"tokens": 7}, **extra}
 
 
-async def test_ensure_id_default_is_the_http_receivers_id(run_pipeline):
+async def test_ensure_id_default_is_the_http_receivers_id(collector_run_pipeline):
     arrival = datetime.fromtimestamp(CLOCK_START, UTC)
     records = [bare(), bare(time="2024-05-01T12:00:00Z"), bare(data={"tokens": 8})]
-    async with run_pipeline(config("  ensure_id: {}"), clock=FakeClock(CLOCK_START)) as p:
+    async with collector_run_pipeline(config("  ensure_id: {}"), clock=FakeClock(CLOCK_START)) as p:
         await p.receiver().send(records)
         await p.receiver().send([bare()])  # a retry of the first record
         events = await p.exporter().wait_for(4)
@@ -342,23 +342,23 @@ async def test_ensure_id_default_is_the_http_receivers_id(run_pipeline):
     assert len({e["id"] for e in events[:3]}) == 3
 
 
-async def test_ensure_id_never_overwrites(run_pipeline):
+async def test_ensure_id_never_overwrites(collector_run_pipeline):
     records = [ev(0, time="2024-05-01T12:00:00Z"), {**ev(1), "specversion": "1.0"}]
-    async with run_pipeline(config("  ensure_id: {}"), clock=FakeClock(CLOCK_START)) as p:
+    async with collector_run_pipeline(config("  ensure_id: {}"), clock=FakeClock(CLOCK_START)) as p:
         await p.receiver().send(records)
         events = await p.exporter().wait_for(2)
     assert events[0] == records[0]
     assert events[1] == {**records[1], "time": "2023-11-14T22:13:20.000Z"}
 
 
-async def test_ensure_id_from_fields(run_pipeline):
+async def test_ensure_id_from_fields(collector_run_pipeline):
     procs = "  ensure_id: {fields: [data.request_id, subject]}"
     records = [
         bare(data={"request_id": "r1", "tokens": 1}),
         bare(data={"request_id": "r1", "tokens": 2}),  # same request: same id, OpenMeter keeps one
         bare(data={"request_id": "r2", "tokens": 1}),
     ]
-    async with run_pipeline(config(procs), clock=FakeClock(CLOCK_START)) as p:
+    async with collector_run_pipeline(config(procs), clock=FakeClock(CLOCK_START)) as p:
         await p.receiver().send(records)
         events = await p.exporter().wait_for(3)
     assert events[0]["id"] == stable_id("meter", {"data.request_id": "r1", "subject": "cust-1"})
@@ -366,9 +366,9 @@ async def test_ensure_id_from_fields(run_pipeline):
     assert events[2]["id"] != events[0]["id"]
 
 
-async def test_ensure_id_missing_field_fails_the_record(run_pipeline):
+async def test_ensure_id_missing_field_fails_the_record(collector_run_pipeline):
     procs = "  ensure_id: {fields: [data.request_id]}"
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         with pytest.raises(PermanentError) as exc:
             await p.receiver().send([bare(data={"request_id": "r1"}), bare()])
     (err,) = exc.value.records
@@ -376,7 +376,7 @@ async def test_ensure_id_missing_field_fails_the_record(run_pipeline):
     assert "cannot derive an id: data.request_id is missing" in err.message
 
 
-async def test_ensure_id_time_from_a_field(run_pipeline):
+async def test_ensure_id_time_from_a_field(collector_run_pipeline):
     procs = "  ensure_id: {time_field: data.ts, on_error: drop}"
     records = [
         bare(data={"ts": 1714564800123}),  # epoch milliseconds
@@ -385,7 +385,7 @@ async def test_ensure_id_time_from_a_field(run_pipeline):
         bare(),  # missing: dropped
         bare(time="2024-01-01T00:00:00Z", data={"ts": 0}),  # time present: kept as is
     ]
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         await p.receiver().send(records)
         events = await p.exporter().wait_for(3)
         assert dropped(p, "ensure_id", "error") == 2
@@ -396,9 +396,9 @@ async def test_ensure_id_time_from_a_field(run_pipeline):
     ]
 
 
-async def test_ensure_id_time_format_and_errors(run_pipeline):
+async def test_ensure_id_time_format_and_errors(collector_run_pipeline):
     procs = "  ensure_id: {time_field: data.when, time_format: '%d/%b/%Y:%H:%M:%S %z'}"
-    async with run_pipeline(config(procs)) as p:
+    async with collector_run_pipeline(config(procs)) as p:
         await p.receiver().send([bare(data={"when": "01/May/2024:14:00:00 +0200"})])
         (event,) = await p.exporter().wait_for(1)
         with pytest.raises(PermanentError) as exc:

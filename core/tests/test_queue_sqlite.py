@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -23,6 +24,44 @@ from collector.runtime.queue import BatchQueue, QueueItem
 from collector.runtime.queue.sqlite import DurableQueue
 
 TABLE = "ack_queue_queue"  # persist-queue's table for name="queue"
+
+
+class Disk:
+    """Faults and a log of statements, through the queue's public ``on_connect`` hook.
+
+    Sees every SQLite connection the queue opens (persist-queue's and its
+    own): records which statements ran on which, and can make the disk slow
+    (commits), failing (an error that is not "disk full") or full (SQLite's
+    own SQLITE_FULL, by capping the file at the pages it has).
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[sqlite3.Connection] = []
+        self.statements: list[tuple[sqlite3.Connection, str]] = []
+        self.slow_commit_s = 0.0
+        self.failing = False
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.connections.append(conn)
+        conn.set_trace_callback(lambda sql: self._traced(conn, sql))
+        conn.set_progress_handler(lambda: 1 if self.failing else 0, 1)
+
+    def _traced(self, conn: sqlite3.Connection, sql: str) -> None:
+        self.statements.append((conn, sql))
+        if sql.startswith("INSERT") and self.slow_commit_s:
+            time.sleep(self.slow_commit_s)
+
+    def full(self) -> None:
+        for conn in self.connections:
+            conn.execute("PRAGMA max_page_count=1")  # SQLite keeps it at the current size
+
+    def space_again(self) -> None:
+        for conn in self.connections:
+            conn.execute("PRAGMA max_page_count=4294967294")
+
+    def ran(self, prefix: str) -> list[sqlite3.Connection]:
+        """The connections that ran a statement starting with ``prefix``."""
+        return [conn for conn, sql in self.statements if sql.startswith(prefix)]
 
 
 @pytest.fixture
@@ -98,15 +137,10 @@ async def test_get_waits_for_a_put(make_queue: Any) -> None:
     assert queue.get(0.05) is None  # times out empty
 
 
-async def test_put_does_not_block_the_event_loop(make_queue: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    queue = make_queue()
-    real_insert = queue._pq._insert_into
-
-    def slow_insert(*record: Any) -> int:
-        time.sleep(0.3)  # a slow disk
-        return real_insert(*record)
-
-    monkeypatch.setattr(queue._pq, "_insert_into", slow_insert)
+async def test_put_does_not_block_the_event_loop(make_queue: Any) -> None:
+    disk = Disk()
+    queue = make_queue(on_connect=disk)
+    disk.slow_commit_s = 0.3  # a slow disk
     ticks = 0
 
     async def ticker() -> None:
@@ -118,6 +152,7 @@ async def test_put_does_not_block_the_event_loop(make_queue: Any, monkeypatch: p
     ticking = asyncio.ensure_future(ticker())
     await queue.put([{"k": 1}])
     ticking.cancel()
+    assert len(disk.ran("INSERT")) == 1  # the commit was slow
     assert ticks >= 10  # the loop kept running during the 0.3 s commit
 
 
@@ -337,35 +372,50 @@ async def test_batch_larger_than_max_bytes_waits_for_an_empty_queue(make_queue: 
     assert queue.stats().items == 1
 
 
-async def test_acked_rows_are_deleted_from_the_table(make_queue: Any) -> None:
+async def test_acked_rows_are_deleted_from_the_table(tmp_path: Path, make_queue: Any) -> None:
+    legacy = tmp_path / "q" / "queue.db"  # as older collectors left it: an index on status
+    legacy.parent.mkdir()
+    with sqlite3.connect(legacy) as conn:
+        conn.execute(
+            f"CREATE TABLE {TABLE} (_id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB, timestamp FLOAT, status INTEGER)"
+        )
+        conn.execute(f"CREATE INDEX `{TABLE}_status` ON {TABLE} (status)")
+    conn.close()
     queue = make_queue(commit_wait_ms=0)
     db = queue.db_path
-    for i in range(100):
+    assert rows(db, "SELECT name FROM sqlite_master WHERE type = 'index'") == []
+    for i in range(20):
         await queue.put([{"i": i}])
-    for _ in range(100):
+    for left in range(19, -1, -1):
         item = queue.get(1.0)
         assert item is not None
         queue.ack(item.id)
-        # Never more than a few dozen acked rows: get() would scan past them.
-        assert rows(db, f"SELECT count(*) FROM {TABLE} WHERE status = 5")[0][0] <= 32
-    assert queue.get(0) is None  # the caught-up sender clears the rest
-    assert rows(db, f"SELECT count(*) FROM {TABLE}")[0][0] == 0
-
-    # The status index must not turn get()'s oldest-first select into a sort.
-    plan = rows(db, f"EXPLAIN QUERY PLAN {queue._pq._sql_select(0)}")
-    assert "PRIMARY KEY" in str(plan)
+        # Gone at once, not marked acked for a later clean-up: get() never scans past old rows.
+        assert rows(db, f"SELECT count(*) FROM {TABLE}")[0][0] == left
+    assert queue.get(0) is None
 
 
 @pytest.mark.parametrize(("durability", "expected"), [("full", 2), ("relaxed", 1)])
-async def test_synchronous_pragma_applies_to_the_write_connection(
+async def test_commits_use_the_durability_and_claims_and_acks_cost_no_fsync(
     make_queue: Any, durability: str, expected: int
 ) -> None:
-    queue = make_queue(durability=durability)
+    """Each put's commit is synchronous=FULL (NORMAL when relaxed); get and ack never mark a row
+    with an UPDATE, and the ack's DELETE commits with synchronous=NORMAL (no fsync of its own)."""
+    disk = Disk()
+    queue = make_queue(durability=durability, commit_wait_ms=0, on_connect=disk)
     await queue.put([{"k": 1}])
-    # persist-queue writes through _putter and reads through _getter.
-    for conn in (queue._pq.writer, queue._pq.reader):
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == expected
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    item = queue.get(1.0)
+    assert item is not None
+    queue.ack(item.id)
+
+    [writer] = disk.ran("INSERT")
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == expected
+    assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert disk.ran("UPDATE") == []
+    [acker] = disk.ran("DELETE FROM `ack_queue_queue` WHERE _id")
+    assert acker.execute("PRAGMA synchronous").fetchone()[0] == 1
+    for conn in disk.connections:  # the short WAL that lets a queue drain a disk it filled
+        assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == 1024 * 1024
 
 
 def insert_raw(db: Path, data: bytes) -> None:
@@ -443,46 +493,39 @@ async def test_damaged_database_is_moved_aside(tmp_path: Path, caplog: pytest.Lo
         queue.close()
 
 
-async def test_disk_full_refuses_then_recovers(make_queue: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    queue = make_queue(commit_wait_ms=20)
+async def test_disk_full_refuses_then_recovers(make_queue: Any) -> None:
+    disk = Disk()
+    queue = make_queue(commit_wait_ms=20, on_connect=disk)
     queue.disk_full_retry_s = 0.2  # 1 s by default
     await queue.put([{"k": "kept"}])
-    writes: list[bytes] = []
-
-    def disk_full(*record: Any) -> int:
-        writes.append(record[0])
-        raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(queue._pq, "_insert_into", disk_full)
-    results = await asyncio.gather(*(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True)
-    assert len(writes) == 1  # one group, one failed commit
-    assert all(isinstance(r, BackpressureError) and "disk full" in str(r) for r in results)
+    disk.full()
+    attempts = len(disk.ran("INSERT"))
+    results = await asyncio.gather(
+        *(queue.put([{"k": i, "pad": "x" * 5000}]) for i in range(3)), return_exceptions=True
+    )
+    assert len(disk.ran("INSERT")) == attempts + 1  # one group, one failed commit
+    assert all(isinstance(r, BackpressureError) and "disk full" in str(r) for r in results), results
     assert queue.stats().refusing
     with pytest.raises(BackpressureError) as refused:  # refused without a write
         await queue.put([{"k": "refused"}])
     assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 0.2
-    assert len(writes) == 1
+    assert len(disk.ran("INSERT")) == attempts + 1
 
-    monkeypatch.undo()  # space is back
+    disk.space_again()
     await asyncio.sleep(0.25)
     await queue.put([{"k": "recovered"}])
     assert not queue.stats().refusing
     assert events_of(drain(queue)) == [{"k": "kept"}, {"k": "recovered"}]
 
 
-async def test_other_commit_errors_reach_every_producer_of_the_group(
-    make_queue: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    queue = make_queue(commit_wait_ms=20)
-
-    def io_error(*record: Any) -> int:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(queue._pq, "_insert_into", io_error)
+async def test_other_commit_errors_reach_every_producer_of_the_group(make_queue: Any) -> None:
+    disk = Disk()
+    queue = make_queue(commit_wait_ms=20, on_connect=disk)
+    disk.failing = True  # every statement is interrupted: not a full disk
     results = await asyncio.gather(*(queue.put([{"k": i}]) for i in range(3)), return_exceptions=True)
     assert [type(r) for r in results] == [sqlite3.OperationalError] * 3
     assert not queue.stats().refusing
-    monkeypatch.undo()
+    disk.failing = False
     await queue.put([{"k": "next"}])
     assert events_of(drain(queue)) == [{"k": "next"}]
 
@@ -510,3 +553,48 @@ async def test_put_requires_open_and_close_finishes_pending(tmp_path: Path) -> N
         assert events_of(drain(queue)) == [{"k": 1}]
     finally:
         queue.close()
+
+
+def test_persist_queue_still_has_the_shape_queue_table_relies_on(tmp_path: Path) -> None:
+    """Fails loudly if a persist-queue upgrade changes what QueueTable builds on
+    (see collector/runtime/queue/storage.py): its connection factory, its table and columns,
+    put() returning the row id, and clear_acked_data() deleting acked rows."""
+    from importlib.metadata import version
+
+    from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
+
+    from collector.runtime.queue.storage import QueueTable, RawBytes
+    from collector.sqlite import Pragmas
+
+    assert int(version("persist-queue").split(".")[0]) == 1, "a new major: re-read persistqueue/sqlackqueue.py"
+    factory = inspect.signature(SQLiteAckQueue._new_db_connection)
+    assert list(factory.parameters) == ["self", "path", "multithreading", "timeout"]
+    assert (SQLiteAckQueue._TABLE_NAME, SQLiteAckQueue._KEY_COLUMN, AckStatus.acked) == ("ack_queue", "_id", "5")
+
+    disk = Disk()
+    table = QueueTable(
+        tmp_path, name="shape", db_file_name="shape.db", pragmas=Pragmas(synchronous="FULL"), on_connect=disk
+    )
+    try:
+        assert table._table_name == "`ack_queue_shape`"
+        columns = {
+            row[1]: (row[2], row[5]) for row in rows(tmp_path / "shape.db", "PRAGMA table_info(ack_queue_shape)")
+        }
+        assert columns["_id"] == ("INTEGER", 1) and columns["data"][0] == "BLOB" and columns["status"][0] == "INTEGER"
+
+        # The factory made every connection persist-queue writes through (so our pragmas hold there).
+        item_id = table.put(b"payload")
+        assert isinstance(item_id, int) and table.read(item_id) == b"payload"
+        [writer] = disk.ran("INSERT")
+        assert writer is not table.side and writer.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert rows(tmp_path / "shape.db", "SELECT status FROM ack_queue_shape WHERE _id = ?", item_id) == [(0,)]
+        assert table.headers() == [(item_id, b"payload", 7)]
+
+        # Rows acked by persist-queue's own ack() (older collectors) are what clear_acked_data() removes.
+        acked = table.put(b"acked")
+        assert table.ack(id=acked) == acked
+        table.clear_acked_data(max_delete=0, keep_latest=0)
+        assert table.read(acked) is None and table.read(item_id) == b"payload"
+        assert RawBytes.loads(RawBytes.dumps(b"\x00raw")) == b"\x00raw"
+    finally:
+        table.close()

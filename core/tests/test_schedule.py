@@ -95,9 +95,9 @@ def test_schedule_config_errors():
         ScheduleConfig(interval="sixty")
 
 
-async def test_windows_in_order_with_watermark_and_meta(run_pipeline, registry, storage_dir):
+async def test_windows_in_order_with_watermark_and_meta(collector_run_pipeline, registry, collector_storage):
     clock = FakeClock(start=T0 + 30)
-    async with run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
         await settle(clock, 180)
         rec = p.service.receivers["count"]
         events = await p.exporter().wait_for(3)
@@ -109,13 +109,13 @@ async def test_windows_in_order_with_watermark_and_meta(run_pipeline, registry, 
     assert all(e["data"] == {"seconds": 60.0} for e in events)
 
 
-async def test_restart_backfills_missed_windows_with_identical_ids(run_pipeline, registry, storage_dir):
+async def test_restart_backfills_missed_windows_with_identical_ids(collector_run_pipeline, registry, collector_storage):
     clock = FakeClock(start=T0 + 30)
-    async with run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
         await settle(clock, 90)
         first = await p.exporter().wait_for(2)
     clock.advance(600)  # down for ten minutes
-    async with run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
         await settle(clock, 5)
         second = await p.exporter().wait_for(10)
     ids = [e["id"] for e in first + second]
@@ -125,12 +125,12 @@ async def test_restart_backfills_missed_windows_with_identical_ids(run_pipeline,
     assert len(times) >= 11 and times == expected  # contiguous across the restart: nothing lost, nothing twice
 
 
-async def test_windows_beyond_max_backfill_are_counted_not_silent(run_pipeline, registry, caplog):
+async def test_windows_beyond_max_backfill_are_counted_not_silent(collector_run_pipeline, registry, caplog):
     clock = FakeClock(start=T0 + 30)
-    async with run_pipeline(yaml_for(", max_backfill: 5m"), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(yaml_for(", max_backfill: 5m"), registry=registry, clock=clock) as p:
         await settle(clock, 60)
     clock.advance(3600)
-    async with run_pipeline(yaml_for(", max_backfill: 5m"), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(yaml_for(", max_backfill: 5m"), registry=registry, clock=clock) as p:
         await settle(clock, 3)
         metrics = p.service.telemetry.metrics.registry
         skipped = metrics.get_sample_value("collector_pull_skipped_windows_total", {"receiver": "count"})
@@ -140,9 +140,9 @@ async def test_windows_beyond_max_backfill_are_counted_not_silent(run_pipeline, 
     assert len(events) == 5
 
 
-async def test_failed_window_is_retried_until_it_succeeds(run_pipeline, registry):
+async def test_failed_window_is_retried_until_it_succeeds(collector_run_pipeline, registry):
     clock = FakeClock(start=T0 + 30)
-    async with run_pipeline(yaml_for(", fail_windows: 3"), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(yaml_for(", fail_windows: 3"), registry=registry, clock=clock) as p:
         await settle(clock, 20)
         events = await p.exporter().wait_for(1)
         metrics = p.service.telemetry.metrics.registry
@@ -152,7 +152,7 @@ async def test_failed_window_is_retried_until_it_succeeds(run_pipeline, registry
     assert events[0]["time"] == "2025-12-31T23:59:00.000Z"
 
 
-async def test_backfill_reemits_windows_with_the_same_ids(registry, storage_dir, run_pipeline, capsys):
+async def test_backfill_reemits_windows_with_the_same_ids(registry, collector_storage, collector_run_pipeline, capsys):
     import argparse
 
     from collector.cli.backfill import run_backfill
@@ -160,12 +160,12 @@ async def test_backfill_reemits_windows_with_the_same_ids(registry, storage_dir,
     from collector.testing.components import MemoryExporter
 
     clock = FakeClock(start=T0 + 30)
-    async with run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(yaml_for(), registry=registry, clock=clock) as p:
         await settle(clock, 180)
         live = {e["time"]: e["id"] for e in await p.exporter().wait_for(4)}
         watermark = p.service.receivers["count"].watermark
     text = yaml_for() + (
-        f"storage: {{directory: {storage_dir}}}\n"
+        f"storage: {{directory: {collector_storage}}}\n"
         "service: {telemetry: {endpoint: null}, pipelines: {p: {receivers: [count], exporters: [memory]}}}\n"
     )
     loaded = load_config(text, registry)
@@ -181,6 +181,6 @@ async def test_backfill_reemits_windows_with_the_same_ids(registry, storage_dir,
     # The live watermark is untouched: the backfill ran on its own storage.
     from collector.state import StateStore
 
-    store = StateStore(storage_dir / "receivers" / "count" / "state.sqlite")
+    store = StateStore(collector_storage / "receivers" / "count" / "state.sqlite")
     assert store.get("watermark", "count") == watermark
     store.close()

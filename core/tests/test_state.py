@@ -209,3 +209,39 @@ def test_over_the_bound_updates_and_deletes_still_work(tmp_path: Path) -> None:
         small.put("ns", "new", 1)  # adding is not
     assert small.get("ns", "k0") == 100 and small.count() == 4
     small.close()
+
+
+def test_a_locked_file_is_reported_not_moved_aside(tmp_path: Path) -> None:
+    """'database is locked' is another process at work, not damage: the data must stay where it is."""
+    path = tmp_path / "state.sqlite"
+    store = StateStore(path)
+    store.put("ns", "kept", 1)
+    store.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # e.g. a second collector process in the middle of a write
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            StateStore(path, busy_timeout=0.1)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert list(tmp_path.glob("*.corrupt-*")) == []
+    again = StateStore(path)
+    assert again.get("ns", "kept") == 1
+    again.close()
+
+
+def test_a_full_disk_refuses_the_write_and_keeps_what_was_stored(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    store = StateStore(path)
+    store.put("ns", "kept", 1)
+    # Another handle on the file that may not grow it: SQLite's own SQLITE_FULL.
+    limited = StateStore(path, on_connect=lambda conn: conn.execute("PRAGMA max_page_count=1"))
+    with pytest.raises(StateFullError) as refused:
+        limited.put_many("ns", [(f"k{i}", "x" * 1000) for i in range(200)])
+    assert isinstance(refused.value, BackpressureError) and refused.value.retry_after
+    assert limited.count() == 1 and limited.get("ns", "kept") == 1
+    limited.close()
+    store.put_many("ns", [(f"k{i}", "x" * 1000) for i in range(200)])  # room again: writes go through
+    assert store.count() == 201
+    store.close()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from collector.events import stable_id
 from collector.components import Batch, ComponentContext
+from collector.events import stable_id
 from collector.functions import parse_time
+from collector.mapping import registry_functions
 from collector.plugins import PluginSelection, load_registry
 from collector.telemetry import Telemetry
 
@@ -54,7 +55,7 @@ async def processor_rate(recs: list[dict]) -> float:
     expression = yaml.safe_load(CONFIG.read_text())["processors"]["mapping/access_log"]["expression"]
     registry = load_registry(PluginSelection(disabled=True))
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = ComponentContext("mapping/access_log", "processor", Path(tmp), Telemetry(), registry)
+        ctx = ComponentContext("mapping/access_log", "processor", Path(tmp), Telemetry(), registry_functions(registry))
         proc = MappingProcessor(ctx, MappingConfig(expression=expression))
         meta = {"receiver": "bench", "pipeline": "bench"}
         t0 = time.perf_counter()

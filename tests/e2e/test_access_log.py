@@ -8,8 +8,8 @@ import aiohttp
 import orjson
 import pytest
 
-from collector.events import stable_id
 from collector.config import load_config
+from collector.events import stable_id
 from collector.plugins import PluginSelection, load_registry
 from collector.runtime.service import Service
 from support.fake_openmeter import FakeOpenMeter
@@ -30,7 +30,7 @@ async def running(tmp_path):
         "COLLECTOR_HTTP_ENDPOINT": "127.0.0.1:0",
         "OPENMETER_URL": fake.url,
         "OPENMETER_TOKEN": "om-secret",
-        "COLLECTOR_STORAGE": str(tmp_path / "data"),
+        "COLLECTOR_STORAGE_DIRECTORY": str(tmp_path / "data"),
     }
     text = EXAMPLE.read_text().replace("service:\n", "service:\n  telemetry: {endpoint: null}\n", 1)
     text = text.replace("exporters:\n  openmeter:\n", "exporters:\n  openmeter:\n    batch: {period: 0.05}\n", 1)

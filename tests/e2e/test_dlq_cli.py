@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from collector.runtime.deadletters import DeadLetterStore
-from collector.runtime.service import deadletter_path
+from collector.runtime.layout import StorageLayout
 from support.fake_openmeter import FakeOpenMeter
 
 
@@ -47,7 +47,7 @@ storage: {{directory: {tmp_path / "data"}}}
 service: {{pipelines: {{p: {{receivers: [http], exporters: [openmeter]}}}}}}
 """
     )
-    store = DeadLetterStore(deadletter_path(tmp_path / "data", "openmeter"))
+    store = DeadLetterStore(StorageLayout(tmp_path / "data").exporter_deadletters("openmeter"))
     store.add([ev(i) for i in range(120)], "rejected", status=400, body='{"detail":"bad"}')
     return cfg, store
 

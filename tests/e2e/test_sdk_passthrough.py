@@ -77,9 +77,9 @@ WHEN = dt.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize("upstream", ["v1", "v3"])
-async def test_sdk_single_and_batch_events_arrive_at_openmeter(run_pipeline, fake, upstream):
+async def test_sdk_single_and_batch_events_arrive_at_openmeter(collector_run_pipeline, fake, upstream):
     url = fake.url if upstream == "v1" else fake.url + "/api/v3/openmeter"
-    async with run_pipeline(config(url)) as p:
+    async with collector_run_pipeline(config(url)) as p:
         client = sdk(p)
 
         def use_sync_client() -> None:
@@ -151,8 +151,8 @@ async def test_sdk_single_and_batch_events_arrive_at_openmeter(run_pipeline, fak
     assert {(r.path, r.status) for r in fake.requests} == {(path, status)}
 
 
-async def test_sdk_with_a_wrong_token_is_refused_and_nothing_arrives(run_pipeline, fake):
-    async with run_pipeline(config(fake.url)) as p:
+async def test_sdk_with_a_wrong_token_is_refused_and_nothing_arrives(collector_run_pipeline, fake):
+    async with collector_run_pipeline(config(fake.url)) as p:
         event = Event(id="sdk-denied", source="app", specversion="1.0", type="t", subject="s")
 
         def denied() -> None:
@@ -180,8 +180,8 @@ async def test_sdk_with_a_wrong_token_is_refused_and_nothing_arrives(run_pipelin
     assert set(at_fake(fake)) == {"sdk-allowed"}
 
 
-async def test_sdk_gets_a_problem_document_for_an_invalid_event(run_pipeline, fake):
-    async with run_pipeline(config(fake.url)) as p:
+async def test_sdk_gets_a_problem_document_for_an_invalid_event(collector_run_pipeline, fake):
+    async with collector_run_pipeline(config(fake.url)) as p:
 
         def invalid() -> HttpResponseError:
             with sdk(p) as client:
@@ -208,8 +208,8 @@ async def test_sdk_gets_a_problem_document_for_an_invalid_event(run_pipeline, fa
 
 
 @pytest.mark.parametrize(("path", "status"), [(V1, 204), (V3, 202)])
-async def test_plain_http_clients_reach_openmeter_through_the_collector(run_pipeline, fake, path, status):
-    async with run_pipeline(config(fake.url)) as p:
+async def test_plain_http_clients_reach_openmeter_through_the_collector(collector_run_pipeline, fake, path, status):
+    async with collector_run_pipeline(config(fake.url)) as p:
         auth = {"Authorization": f"Bearer {INGEST_TOKEN}"}
 
         def event(event_id: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from collector.testing import eventually_sync
 from support.collector_proc import (
     EXPORTER_ID,
     CollectorProcess,
@@ -97,11 +98,7 @@ def _dead_lettered(proc: CollectorProcess) -> set[Key]:
 
 
 def _wait(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(0.02)
+    eventually_sync(cond, timeout=timeout, interval=0.02, message=what)
 
 
 def _statuses(fake: FakeOpenMeter) -> Counter[int]:

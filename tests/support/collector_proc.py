@@ -223,15 +223,18 @@ class CollectorProcess:
 
     def wait_started(self, timeout: float = 15.0) -> None:
         """Until /health reports a started service (receivers listening)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        from collector.testing import eventually_sync
+
+        def started() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"collector exited with {self.proc.returncode}\n{self.log_tail()}")
             doc = self.health(timeout=1.0)
-            if doc and doc.get("started_at"):
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"collector not started within {timeout}s\n{self.log_tail()}")
+            return bool(doc and doc.get("started_at"))
+
+        try:
+            eventually_sync(started, timeout=timeout, interval=0.02, message="the collector started")
+        except AssertionError:
+            raise TimeoutError(f"collector not started within {timeout}s\n{self.log_tail()}") from None
 
     def wait_drained(self, timeout: float = 60.0, settle: float = 0.0) -> dict[str, Any]:
         """Until the exporter's queue is empty and nothing is in flight.

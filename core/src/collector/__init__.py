@@ -4,4 +4,4 @@ Nothing is imported here on purpose: ``collector --help`` must stay fast, and
 importing the package must have no side effects.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -33,12 +34,18 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that moves only when told to; ``sleep`` waits for ``advance``."""
+    """A clock that moves only when told to; ``sleep`` waits for ``advance``.
+
+    Thread-safe: an exporter's sender sleeps on its own thread's event loop
+    (docs/delivery.md, "The sender") while a test advances the clock from
+    another, so a sleeper on another loop is woken through that loop.
+    """
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._mono = 0.0
         self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
 
     def time(self) -> float:
         return self._now
@@ -51,15 +58,41 @@ class FakeClock:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._mono + seconds, fut))
+        with self._lock:
+            self._sleepers.append((self._mono + seconds, fut))
         await fut
+
+    @property
+    def sleeping(self) -> list[float]:
+        """Seconds left for each waiting ``sleep`` call, soonest first.
+
+        A test waits until the component it drives is asleep (``60.0 in
+        clock.sleeping``) and then advances, instead of sleeping for real.
+        """
+        with self._lock:
+            return sorted(t - self._mono for t, _ in self._sleepers)
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose deadline passed."""
-        self._now += seconds
-        self._mono += seconds
-        due = [(t, f) for t, f in self._sleepers if t <= self._mono]
-        self._sleepers = [(t, f) for t, f in self._sleepers if t > self._mono]
-        for _, fut in due:
-            if not fut.done():
-                fut.set_result(None)
+        with self._lock:
+            self._now += seconds
+            self._mono += seconds
+            due = [f for t, f in self._sleepers if t <= self._mono]
+            self._sleepers = [(t, f) for t, f in self._sleepers if t > self._mono]
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for fut in due:
+            loop = fut.get_loop()
+            if loop.is_closed():
+                continue
+            if loop is here or not loop.is_running():
+                _wake(fut)
+            else:
+                loop.call_soon_threadsafe(_wake, fut)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

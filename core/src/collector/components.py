@@ -11,7 +11,10 @@ that the events go to has committed them.  Only then may the receiver
 acknowledge its client or advance a watermark.  ``emit`` raises
 :class:`~collector.errors.PermanentError` when processors or validation
 reject records (answer 400), and :class:`~collector.errors.BackpressureError`
-when a queue refuses data (answer 503 / ``RESOURCE_EXHAUSTED``).
+when a queue refuses data (answer 503 / ``RESOURCE_EXHAUSTED``).  A receiver
+whose protocol lets it accept part of a request (OTLP ``partial_success``)
+calls ``emit(events, partial=True)`` instead and gets an :class:`Acceptance`
+back (docs/plugin-authors.md, "Event rules and partial acceptance").
 """
 
 from __future__ import annotations
@@ -19,43 +22,165 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector.clock import Clock, SystemClock
+from collector.durations import ByteSize, Duration
+from collector.errors import RecordError
+from collector.events import CLOUDEVENTS, EventRules
+from collector.specs import ComponentID
 
 if TYPE_CHECKING:
-    from collector.plugins import Registry
+    from collector.metrics import Meter
     from collector.telemetry import Telemetry
 
 Event = dict[str, Any]
-Meta = Mapping[str, Any]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_MISSING = object()
+
+
+class TimeWindow(Protocol):
+    """The window a pull receiver's records cover (:class:`collector.pull.Window` is one)."""
+
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def start_time(self) -> str: ...
+    @property
+    def end_time(self) -> str: ...
+
+
+# What ``meta.<name>`` reads from a window, as documented for pull receivers.
+_WINDOW_NAMES = {
+    "window_start": "start_time",
+    "window_end": "end_time",
+    "interval_seconds": "seconds",
+    "window_start_unix": "start",
+    "window_end_unix": "end",
+}
+_FIELDS = frozenset({"receiver", "pipeline", "processor", "headers", "window"})
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What the pipeline knows about a batch besides its events.
+
+    Typed, so that receivers, processors and plugins agree on what is there.
+    Mapping expressions read it as ``meta.<name>`` (docs/processors/mapping.md):
+    ``receiver``, ``pipeline``, ``processor`` (set when a processor forwards
+    on its own schedule, e.g. a window closing), ``headers`` (the HTTP headers
+    a receiver passes on), a pull receiver's window as ``window_start``,
+    ``window_end``, ``interval_seconds``, ``window_start_unix`` and
+    ``window_end_unix``, and any key of ``extra`` (a plugin's own data, such as
+    the OTLP receiver's ``signal``).  A name that is none of these reads as None.
+
+    ``satisfies``: event rules the receiver already checked these events
+    against, so a pipeline without processors does not check them again
+    (docs/plugin-authors.md, "Event rules and partial acceptance").
+    """
+
+    receiver: str | None = None
+    pipeline: str | None = None
+    processor: str | None = None
+    window: TimeWindow | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    satisfies: frozenset[EventRules] = frozenset()
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> Meta:
+        """Metadata from plain JSON (``collector map --meta``): known names become fields, the rest ``extra``."""
+        known = {k: values[k] for k in ("receiver", "pipeline", "processor", "headers") if k in values}
+        extra = {k: v for k, v in values.items() if k not in known}
+        return cls(**known, extra=extra)
+
+    def lookup(self, name: str, default: Any = None) -> Any:
+        """What the expression ``meta.<name>`` reads; ``default`` when there is no such name."""
+        if name in _FIELDS:
+            return getattr(self, name)
+        window = self.window
+        if window is not None and name in _WINDOW_NAMES:
+            return getattr(window, _WINDOW_NAMES[name])
+        return self.extra.get(name, default)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """``meta.get("x")``, as code written against the old mapping reads it."""
+        return self.lookup(name, default)
+
+    def __getitem__(self, name: str) -> Any:
+        value = self.lookup(name, _MISSING)
+        if value is _MISSING:
+            raise KeyError(name)
+        return value
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """How an ``emit`` that returned ended: how many records were committed and which were refused.
+
+    ``accepted`` counts the records of the emitted batch that were committed
+    (a record a processor dropped on purpose counts: it was handled).
+    ``rejected`` says why each refused record was refused, with its index in
+    the emitted batch (several errors may name one record); it is empty unless
+    the receiver asked for ``partial=True``.
+    """
+
+    accepted: int
+    rejected: tuple[RecordError, ...] = ()
+
+    @property
+    def rejected_indexes(self) -> frozenset[int]:
+        return frozenset(e.index for e in self.rejected)
 
 
 class Consumer(Protocol):
     """Where a receiver sends its batches (the pipeline fan-out)."""
 
-    async def consume(self, events: list[Event], meta: Meta | None = None) -> None: ...
+    async def consume(self, events: list[Event], meta: Meta | None = None, *, partial: bool = False) -> Acceptance: ...
 
 
 @dataclass
 class ComponentContext:
-    """What the service hands to a component factory."""
+    """What the service hands to a component factory.
+
+    Everything a component needs from the core comes through here, so a
+    plugin never reaches for the runtime: its id, a private storage
+    directory, the mapping functions that plugins registered, the metrics API,
+    the clock that decides time, and the coordinator that decides leadership.
+    """
 
     id: str  # "type" or "type/name", as written in the configuration
     kind: str
     storage_dir: Path  # private to this component; created on demand
     telemetry: Telemetry
-    registry: Registry | None = None
+    # Mapping functions by name (the curated set plus every plugin's), for
+    # compile_expression; None means the curated set only.
+    functions: Mapping[str, Callable[..., Any]] | None = None
     clock: Clock = field(default_factory=SystemClock)
     coordinator: Any = None  # the service's Coordinator; None means local (always leader)
 
     @property
+    def component_id(self) -> ComponentID:
+        return ComponentID.parse(self.id)
+
+    @property
     def type(self) -> str:
-        return self.id.split("/", 1)[0]
+        return self.component_id.type
+
+    @property
+    def metrics(self) -> Meter:
+        """Get-or-create counters, gauges and histograms under ``collector_`` (see :mod:`collector.metrics`)."""
+        return self.telemetry.meter
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -132,10 +257,21 @@ class Receiver(Component[ConfigT]):
         """Called by the service before :meth:`start`."""
         self.next = consumer
 
-    async def emit(self, events: list[Event], meta: Meta | None = None) -> None:
-        """Hand ``events`` to the pipelines; returns once they are committed."""
-        meta = {"receiver": self.id, **(meta or {})}
-        await self.next.consume(events, meta)
+    async def emit(self, events: list[Event], meta: Meta | None = None, *, partial: bool = False) -> Acceptance:
+        """Hand ``events`` to the pipelines; returns once they are committed.
+
+        All or nothing by default: a refused record raises
+        :class:`~collector.errors.PermanentError` naming it, and nothing is
+        committed.  With ``partial=True`` the records that every pipeline
+        accepts are committed (once) and the refused ones come back in
+        :attr:`Acceptance.rejected`; errors other than refusals of records
+        (backpressure, a failed commit) still raise.
+        """
+        if meta is None:
+            meta = Meta(receiver=self.id)
+        elif meta.receiver is None:
+            meta = replace(meta, receiver=self.id)
+        return await self.next.consume(events, meta, partial=partial)
 
 
 # Told how the call that carried a batch ended: True once every target queue
@@ -195,7 +331,11 @@ class Processor(Component[ConfigT]):
         (e.g. when a window closes); returns once they are committed."""
         if self._forward is None:
             raise RuntimeError(f"processor {self.id} is not part of a running pipeline")
-        await self._forward(events, {"processor": self.id, **(meta or {})})
+        if meta is None:
+            meta = Meta(processor=self.id)
+        elif meta.processor is None:
+            meta = replace(meta, processor=self.id)
+        await self._forward(events, meta)
 
     async def process(self, events: list[Event], meta: Meta) -> list[Event]:
         """Return the events to pass on.
@@ -222,6 +362,12 @@ class Exporter(Component[ConfigT]):
     """
 
     kind = "exporter"
+    # The event rules this exporter's destination needs: the pipeline checks
+    # its output against them before the queue takes it, so bad data is
+    # refused at the edge with the client's record index.  Default: the
+    # CloudEvents basics; the OpenMeter exporter requires OpenMeter's rules
+    # (docs/plugin-authors.md, "Event rules and partial acceptance").
+    requires: tuple[EventRules, ...] = (CLOUDEVENTS,)
 
     async def export(self, events: list[Event]) -> None:
         raise NotImplementedError
@@ -256,23 +402,26 @@ class QueueSettings(_Strict):
         description="full: fsync every commit (synchronous=FULL). relaxed: synchronous=NORMAL; "
         "faster, but a power loss can lose the last commits. An explicit opt-in.",
     )
-    max_bytes: int = Field(
-        512 * 1024 * 1024, gt=0, description="Refuse new data (backpressure) above this many queued bytes."
+    max_bytes: ByteSize = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Refuse new data (backpressure) above this many queued bytes: a size (512MiB, 1GiB) or bytes.",
     )
-    max_age: float = Field(
+    max_age: Duration = Field(
         7 * 24 * 3600.0,
         gt=0,
-        description="Seconds an event may wait undelivered before it is dead-lettered.",
+        description="How long an event may wait undelivered before it is dead-lettered: a duration (7d, 12h) "
+        "or seconds.",
     )
     commit_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="How long a commit waits to gather concurrent producers."
+        2.0, ge=0, le=1000, description="Milliseconds a commit waits to gather concurrent producers."
     )
     commit_max_events: int = Field(1000, gt=0, description="Most events per commit (group commit).")
-    min_free_bytes: int = Field(
+    min_free_bytes: ByteSize = Field(
         64 * 1024 * 1024,
         ge=0,
         description="Refuse new data (backpressure) while less than this is free on the queue's disk, so that "
-        "draining still has room to write; 0 refuses only on a real disk-full error.",
+        "draining still has room to write: a size (64MiB) or bytes; 0 refuses only on a real disk-full error.",
     )
 
 
@@ -280,17 +429,19 @@ class BatchSettings(_Strict):
     """How the sender groups queued events into requests."""
 
     max_events: int = Field(100, gt=0, description="Most events per request.")
-    max_bytes: int = Field(1024 * 1024, gt=0, description="Most serialised bytes per request.")
-    period: float = Field(1.0, ge=0, description="Seconds to wait for a batch to fill before sending what there is.")
+    max_bytes: ByteSize = Field(1024 * 1024, gt=0, description="Most serialised bytes per request (1MiB, 512KiB).")
+    period: Duration = Field(
+        1.0, ge=0, description="How long to wait for a batch to fill before sending what there is (1s, 200ms)."
+    )
 
 
 class RetrySettings(_Strict):
     """Full-jitter exponential backoff for retryable failures."""
 
-    initial_interval: float = Field(1.0, gt=0, description="Backoff base, seconds.")
-    max_interval: float = Field(60.0, gt=0, description="Backoff cap, seconds.")
-    auth_interval: float = Field(
-        30.0, gt=0, description="Seconds between retries while the far side refuses our credentials."
+    initial_interval: Duration = Field(1.0, gt=0, description="Backoff base (1s, 500ms).")
+    max_interval: Duration = Field(60.0, gt=0, description="Backoff cap (1m, 60s).")
+    auth_interval: Duration = Field(
+        30.0, gt=0, description="Time between retries while the far side refuses our credentials (30s)."
     )
 
 
@@ -301,4 +452,4 @@ class ExporterConfig(_Strict):
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Request batching.")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Retry backoff.")
     max_in_flight: int = Field(4, gt=0, le=256, description="Concurrent requests.")
-    timeout: float = Field(10.0, gt=0, description="Seconds before a request is abandoned and retried.")
+    timeout: Duration = Field(10.0, gt=0, description="How long before a request is abandoned and retried (10s).")

@@ -12,8 +12,12 @@ Loading happens in three steps, each with errors a person can act on:
    through the registry, each error rendered as ``path: message``.
 
 Top-level settings can also come from ``COLLECTOR_*`` environment variables
-(:class:`Settings`); precedence is command-line flag, then environment, then
-file, then default.
+(:class:`Settings`), one variable per setting, named after the field
+(``storage_directory`` is ``COLLECTOR_STORAGE_DIRECTORY``); precedence is
+command-line flag, then environment, then file, then default
+(docs/configuration.md#environment-settings).  Durations and sizes use one
+syntax everywhere (:mod:`collector.durations`); log levels and formats are
+case-insensitive, because environment variables are often written ``INFO``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,28 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from collector.durations import Duration
+from collector.endpoints import parse_endpoint
 from collector.errors import ConfigError
+from collector.mapping import registry_functions
 from collector.plugins import Registry
 from collector.specs import SECTION, ComponentKind
 
@@ -52,6 +71,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class _AnyCase:
+    """A choice read case-insensitively, with extra spellings (``warn``).
+
+    Its JSON Schema offers the lower-case names (for completion) or any
+    spelling of a name or alias, since JSON Schema has no case-insensitive flag.
+    """
+
+    aliases: tuple[tuple[str, str], ...] = ()
+
+    def __call__(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        lowered = value.strip().lower()
+        return dict(self.aliases).get(lowered, lowered)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        choices = handler(schema)
+        words = [str(v) for v in choices.get("enum", [])] + [alias for alias, _ in self.aliases]
+        spelled = "|".join(
+            "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in w) for w in words
+        )
+        return {"anyOf": [choices, {"type": "string", "pattern": f"^\\s*(?:{spelled})\\s*$"}]}
+
+
+_LEVEL = _AnyCase(aliases=(("warn", "warning"),))
+_FORMAT = _AnyCase()
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_LEVEL), _LEVEL]
+LogFormat = Annotated[Literal["auto", "json", "text"], BeforeValidator(_FORMAT), _FORMAT]
+
+
 class TelemetryConfig(_Strict):
     """The admin server and the logs."""
 
@@ -60,10 +110,8 @@ class TelemetryConfig(_Strict):
         description="host:port of the admin server (/metrics, /ping, /ready, /health); "
         "null disables it. Use 0.0.0.0:4195 in containers.",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    log_format: Literal["auto", "json", "text"] = Field(
-        "auto", description="json, text, or auto: text on a terminal, JSON otherwise."
-    )
+    log_level: LogLevel = Field("info", description="Log level: debug, info, warning or error (any case).")
+    log_format: LogFormat = Field("auto", description="json, text, or auto: text on a terminal, JSON otherwise.")
 
     @field_validator("endpoint")
     @classmethod
@@ -89,7 +137,9 @@ class ServiceConfig(_Strict):
     coordinator: str | None = Field(
         None, description="Coordinator id (from `coordinators`) deciding leadership; default local."
     )
-    drain_timeout: float = Field(30.0, gt=0, description="Seconds a graceful stop may take (receivers, then senders).")
+    drain_timeout: Duration = Field(
+        30.0, gt=0, description="How long a graceful stop may take (receivers, then senders): 30s, 2m or seconds."
+    )
 
 
 class StorageConfig(_Strict):
@@ -112,22 +162,32 @@ class CollectorConfig(_Strict):
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="Service wiring.")
 
 
+# Variables that once named a setting, and the one that names it now.  Setting
+# an old one is an error rather than silently ignored.
+RETIRED_VARIABLES = {"COLLECTOR_STORAGE": "COLLECTOR_STORAGE_DIRECTORY"}
+
+
 class Settings(BaseSettings):
     """Top-level settings from ``COLLECTOR_*`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="ignore")
+    # An empty variable counts as unset (``COLLECTOR_CONFIG=`` in a compose file).
+    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="ignore", env_ignore_empty=True)
 
     config: Path | None = Field(None, description="Configuration file (COLLECTOR_CONFIG).")
     preset: str | None = Field(None, description="Preset name (COLLECTOR_PRESET).")
-    log_level: Literal["debug", "info", "warning", "error"] | None = Field(
-        None, description="Overrides service.telemetry.log_level."
-    )
-    log_format: Literal["auto", "json", "text"] | None = Field(
-        None, description="Overrides service.telemetry.log_format."
-    )
+    log_level: LogLevel | None = Field(None, description="Overrides service.telemetry.log_level (any case).")
+    log_format: LogFormat | None = Field(None, description="Overrides service.telemetry.log_format (any case).")
     admin_endpoint: str | None = Field(None, description="Overrides service.telemetry.endpoint.")
     storage_directory: Path | None = Field(None, description="Overrides storage.directory.")
-    drain_timeout: float | None = Field(None, gt=0, description="Overrides service.drain_timeout.")
+    drain_timeout: Duration | None = Field(None, gt=0, description="Overrides service.drain_timeout (30s, 2m).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_variable_per_setting(cls, data: Any) -> Any:
+        for old, new in RETIRED_VARIABLES.items():
+            if os.environ.get(old):
+                raise PydanticCustomError("retired_variable", f"{old} is not read any more: set {new} instead")
+        return data
 
     def apply(self, config: CollectorConfig) -> CollectorConfig:
         tel = config.service.telemetry
@@ -146,15 +206,6 @@ class Settings(BaseSettings):
         if self.storage_directory:
             updates["storage"] = StorageConfig(directory=self.storage_directory)
         return config.model_copy(update=updates)
-
-
-def parse_endpoint(value: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:port`` for IPv6) into its parts, or ValueError."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not host:port (for example 127.0.0.1:8080)")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 # -- loading ------------------------------------------------------------------
@@ -264,6 +315,7 @@ def validate_components(raw: CollectorConfig, registry: Registry) -> LoadedConfi
     errors: list[ConfigError] = []
     warnings: list[str] = []
     components: dict[tuple[str, str], ComponentConfig] = {}
+    functions = registry_functions(registry)
 
     for kind, section in SECTION.items():
         entries: dict[str, Any] = getattr(raw, section)
@@ -283,12 +335,12 @@ def validate_components(raw: CollectorConfig, registry: Registry) -> LoadedConfi
             except ValidationError as exc:
                 errors.extend(_pydantic_errors(exc, path))
                 continue
-            check = getattr(model, "check_with_registry", None)
+            check = getattr(model, "check_with_functions", None)
             if callable(check):
                 # Checks a model cannot do alone, e.g. compiling a mapping against
-                # the functions that plugins registered.
+                # the functions that plugins registered (collector.mapping.FunctionMap).
                 try:
-                    check(registry)
+                    check(functions)
                 except ConfigError as exc:
                     errors.append(ConfigError(exc.message, f"{path}.{exc.path}" if exc.path else path))
                     continue

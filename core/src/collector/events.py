@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,12 +26,18 @@ import orjson
 from collector.errors import RecordError
 
 __all__ = [
+    "CLOUDEVENTS",
+    "OPENMETER",
     "STABLE_ID_NAMESPACE",
+    "EventRules",
     "a_json_type",
     "fill_defaults",
     "format_time",
     "quote_value",
+    "satisfied",
     "stable_id",
+    "strictest",
+    "validate_cloudevents",
     "validate_event",
     "validate_events",
 ]
@@ -264,7 +272,9 @@ def validate_event(event: object, index: int) -> list[RecordError]:
         if specversion is None:
             msg = 'specversion is required: set it to "1.0"'
         elif isinstance(specversion, str):
-            msg = f'specversion must be "1.0" (the CloudEvents version OpenMeter accepts), got {quote_value(specversion)}'
+            msg = (
+                f'specversion must be "1.0" (the CloudEvents version OpenMeter accepts), got {quote_value(specversion)}'
+            )
         else:
             msg = f'specversion must be the string "1.0", got {a_json_type(specversion)} {quote_value(specversion)}'
         errors.append(RecordError(index, msg, "specversion"))
@@ -426,3 +436,80 @@ def fill_defaults(event: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     if time_missing:
         out["time"] = format_time(now)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Rules an exporter declares (docs/plugin-authors.md, "Event rules")
+
+
+@dataclass(frozen=True, eq=False)
+class EventRules:
+    """A named set of rules that events must satisfy before an exporter's queue takes them.
+
+    An exporter declares the rules its destination needs (``Exporter.requires``)
+    and the pipeline checks its output against them before the commit, so bad
+    data is refused at the edge, with the client's record index, instead of
+    being dead-lettered later.  ``includes`` names weaker rules that these
+    imply, so a pipeline feeding two exporters checks OpenMeter's rules once
+    rather than OpenMeter's and then CloudEvents' again.  Compared by identity:
+    declare each set once, as a module constant.
+    """
+
+    name: str
+    check: Callable[[list[Any]], list[RecordError]]
+    includes: tuple[EventRules, ...] = ()
+
+    def covers(self, other: EventRules) -> bool:
+        """Whether events that satisfy these rules also satisfy ``other``."""
+        return other is self or any(r.covers(other) for r in self.includes)
+
+    def __repr__(self) -> str:
+        return f"EventRules({self.name!r})"
+
+
+_CLOUDEVENTS_FIELDS = frozenset({None, "specversion", "id", "source", "type"})
+
+
+def validate_cloudevents(events: list[Any]) -> list[RecordError]:
+    """The CloudEvents basics only: a JSON object with ``specversion`` "1.0" and non-empty ``id``,
+    ``source`` and ``type``.  For destinations that take any CloudEvent (files, object stores)."""
+    errors: list[RecordError] = []
+    for index, event in enumerate(events):
+        if type(event) is dict:  # fast path: the usual valid event costs a few lookups
+            get = event.get
+            id_, source, type_ = get("id"), get("source"), get("type")
+            if (
+                get("specversion") == "1.0"
+                and type(id_) is str
+                and id_
+                and type(source) is str
+                and source
+                and type(type_) is str
+                and type_
+            ):
+                continue
+        # The messages of the full check, limited to what CloudEvents requires.
+        errors.extend(e for e in validate_event(event, index) if e.field in _CLOUDEVENTS_FIELDS)
+    return errors
+
+
+CLOUDEVENTS = EventRules("CloudEvents", validate_cloudevents)
+"""The CloudEvents required attributes (see :func:`validate_cloudevents`)."""
+
+OPENMETER = EventRules("OpenMeter", validate_events, includes=(CLOUDEVENTS,))
+"""OpenMeter's event rules (see :func:`validate_event`); they include the CloudEvents basics."""
+
+
+def strictest(rules: Iterable[EventRules]) -> tuple[EventRules, ...]:
+    """The union of ``rules`` with no set that another one covers, in first-seen order."""
+    unique: list[EventRules] = []
+    for r in rules:
+        if r not in unique:
+            unique.append(r)
+    return tuple(r for r in unique if not any(o is not r and o.covers(r) for o in unique))
+
+
+def satisfied(required: Iterable[EventRules], satisfies: Iterable[EventRules]) -> bool:
+    """Whether events known to satisfy ``satisfies`` need no check against ``required``."""
+    have = tuple(satisfies)
+    return all(any(s.covers(r) for s in have) for r in required)

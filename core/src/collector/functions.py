@@ -12,20 +12,13 @@ import math
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from collector.durations import parse_duration
 from collector.events import format_time as _rfc3339
 from collector.events import stable_id
 from collector.specs import FunctionSpec
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")
-_DURATION_UNITS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
-}  # fmt: skip
-_ISO_DURATION = re.compile(
-    r"P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
-)
 
 
 def _to_datetime(value: Any, fmt: str | None = None) -> datetime:
@@ -87,34 +80,6 @@ def unix_time(value: Any) -> float | None:
 def now() -> str:
     """The current time as an RFC 3339 UTC string (processing time: prefer the record's own)."""
     return _rfc3339(datetime.now(UTC))
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds in a duration: ``1h30m``, ``500ms``, ``PT1H``, ``90`` (seconds) or a number."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    if re.fullmatch(r"-?\d+(\.\d+)?", text):
-        return float(text)
-    if text.startswith("P"):
-        m = _ISO_DURATION.fullmatch(text)
-        if m and any(m.groupdict().values()):
-            d, h, mi, s = (float(m.group(k) or 0) for k in "dhms")
-            return d * 86400 + h * 3600 + mi * 60 + s
-        raise ValueError(f"not an ISO 8601 duration: {text!r}")
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"not a duration: {text!r} (use forms like 1h30m, 500ms, PT1H)")
-    return total
 
 
 def coalesce(*values: Any) -> Any:

@@ -15,10 +15,14 @@ actually uses the component.  Business code never calls these hooks directly:
 :class:`collector.plugins.Registry` does, one plugin at a time, so that one
 broken plugin cannot take the others down.
 
-Every example in this module is executed by ``core/tests/test_hookspecs.py``.
+Plugins import everything they need from :mod:`collector.api` (the examples
+below do); every example in this module is executed by
+``core/tests/test_hookspecs.py``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pluggy
 
@@ -31,15 +35,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def collector_receivers() -> list[ComponentSpec]:
+def collector_receivers() -> list[ComponentSpec[Any]]:
     """Declare receiver types: components that bring data in.
 
     Example::
 
         from pydantic import BaseModel, ConfigDict, Field
-        from collector.components import Receiver
-        from collector.hookspecs import hookimpl
-        from collector.specs import ComponentSpec
+        from collector.api import ComponentSpec, Receiver, hookimpl
 
         class TickerConfig(BaseModel):
             model_config = ConfigDict(extra="forbid")
@@ -61,15 +63,13 @@ def collector_receivers() -> list[ComponentSpec]:
 
 
 @hookspec
-def collector_processors() -> list[ComponentSpec]:
+def collector_processors() -> list[ComponentSpec[Any]]:
     """Declare processor types: components that transform batches before the queue.
 
     Example::
 
         from pydantic import BaseModel, ConfigDict, Field
-        from collector.components import Processor
-        from collector.hookspecs import hookimpl
-        from collector.specs import ComponentSpec
+        from collector.api import ComponentSpec, Processor, hookimpl
 
         class UpperConfig(BaseModel):
             model_config = ConfigDict(extra="forbid")
@@ -89,7 +89,7 @@ def collector_processors() -> list[ComponentSpec]:
 
 
 @hookspec
-def collector_exporters() -> list[ComponentSpec]:
+def collector_exporters() -> list[ComponentSpec[Any]]:
     """Declare exporter types: components that deliver batches somewhere.
 
     An exporter's config model should subclass
@@ -99,9 +99,7 @@ def collector_exporters() -> list[ComponentSpec]:
     Example::
 
         from pydantic import Field
-        from collector.components import Exporter, ExporterConfig
-        from collector.hookspecs import hookimpl
-        from collector.specs import ComponentSpec
+        from collector.api import ComponentSpec, Exporter, ExporterConfig, hookimpl
 
         class NullConfig(ExporterConfig):
             note: str = Field("", description="Free text, ignored.")
@@ -119,15 +117,13 @@ def collector_exporters() -> list[ComponentSpec]:
 
 
 @hookspec
-def collector_coordinators() -> list[ComponentSpec]:
+def collector_coordinators() -> list[ComponentSpec[Any]]:
     """Declare coordinator types: who leads pull receivers in a group of replicas.
 
     Example::
 
         from pydantic import BaseModel, ConfigDict
-        from collector.components import Coordinator
-        from collector.hookspecs import hookimpl
-        from collector.specs import ComponentSpec
+        from collector.api import ComponentSpec, Coordinator, hookimpl
 
         class NeverConfig(BaseModel):
             model_config = ConfigDict(extra="forbid")
@@ -150,8 +146,7 @@ def collector_functions() -> list[FunctionSpec]:
 
     Example::
 
-        from collector.hookspecs import hookimpl
-        from collector.specs import FunctionSpec
+        from collector.api import FunctionSpec, hookimpl
 
         def cents(amount: float) -> int:
             return round(amount * 100)

@@ -1,7 +1,8 @@
 """Mapping expressions: Python expressions compiled once, evaluated per record.
 
-An expression sees ``this`` (the record) and ``meta`` (metadata: receiver,
-pipeline, window bounds, allowed HTTP headers...) and the curated functions
+An expression sees ``this`` (the record) and ``meta`` (a
+:class:`~collector.components.Meta`: receiver, pipeline, window bounds, allowed
+HTTP headers, a plugin's extra names...) and the curated functions
 of :mod:`collector.functions` plus whatever plugins register.  Reading is
 bloblang-like and forgiving:
 
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from collector.components import Meta
 from collector.errors import ConfigError
 
 SAFE_BUILTINS: tuple[str, ...] = (
@@ -43,11 +45,14 @@ _ITEM = "_collector_item"
 
 
 def safe_get(obj: Any, name: str) -> Any:
-    """``obj.name`` for mappings (None when missing), attributes otherwise."""
+    """``obj.name`` for mappings (None when missing), :class:`~collector.components.Meta`'s
+    documented names (its window's bounds, its ``extra`` keys), attributes otherwise."""
     if obj is None:
         return None
     if isinstance(obj, dict):
         return obj.get(name)
+    if isinstance(obj, Meta):
+        return obj.lookup(name)
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
@@ -244,6 +249,10 @@ def compile_expression(
     scope["__builtins__"] = {}  # nothing beyond what is in scope above
     function = eval(code, scope)
     return CompiledMapping(text, function, path)
+
+
+#: Mapping functions by name, as components get them (``ctx.functions``); None means the curated set.
+FunctionMap = Mapping[str, Callable[..., Any]] | None
 
 
 def registry_functions(registry: Any) -> dict[str, Callable[..., Any]] | None:

@@ -13,12 +13,18 @@ Loading rules (DESIGN.md section 4):
   distribution and version (``--strict-plugins`` makes it an error);
 * a component type declared by two plugins is an error naming both
   distributions;
+* a hook implementation whose name matches no hook specification (a misspelt
+  ``collector_receiver``) fails its plugin, with the hook named: pluggy would
+  otherwise ignore it silently and the plugin's components would just be
+  missing (docs/plugin-authors.md);
 * ``COLLECTOR_DISABLE_PLUGINS=1`` loads no third-party plugin;
   ``COLLECTOR_PLUGINS=a,b`` loads only those (entry-point or distribution names).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -36,6 +42,7 @@ log = logging.getLogger("collector.plugins")
 
 ENTRY_POINT_GROUP = "collector"
 BUILTIN_NAME = "builtin"
+BUILTIN_MODULE = "collector.builtin"
 
 PluginStatus = Literal["loaded", "failed", "disabled"]
 
@@ -234,6 +241,45 @@ def _entry_points() -> Iterable[metadata.EntryPoint]:
     return metadata.entry_points(group=ENTRY_POINT_GROUP)
 
 
+def _register(pm: pluggy.PluginManager, info: PluginInfo, plugin: object) -> None:
+    """Register one plugin, or mark it failed (and leave it out) if its hooks are wrong.
+
+    Checked one plugin at a time, so that the error names the plugin and the
+    other plugins still load.
+    """
+    try:
+        pm.register(plugin, name=info.name)
+    except pluggy.PluginValidationError as exc:  # a hook whose arguments do not match its spec
+        info.status = "failed"
+        info.error = f"invalid hook implementation: {exc}"
+        return
+    except ValueError as exc:  # the same name or object registered twice
+        info.status = "failed"
+        info.error = str(exc)
+        return
+    try:
+        # Every plugin registered before this one passed, so what is pending is this one's.
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        unknown = _unknown_hooks(pm, plugin)
+        pm.unregister(plugin)
+        info.status = "failed"
+        info.error = "; ".join(unknown) or str(exc)
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """One message per hook implementation of ``plugin`` that matches no specification."""
+    specs = sorted(name for name in vars(pm.hook) if not name.startswith("_") and getattr(pm.hook, name).has_spec())
+    out = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.has_spec() or all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin):
+            continue
+        message = f"hook {caller.name!r} matches no hook specification"
+        close = difflib.get_close_matches(caller.name, specs, n=1)
+        out.append(message + (f" (did you mean {close[0]!r}?)" if close else f" (hooks: {', '.join(specs)})"))
+    return out
+
+
 def load_registry(
     selection: PluginSelection | None = None,
     *,
@@ -249,14 +295,19 @@ def load_registry(
     pm.add_hookspecs(hookspecs)
     plugins: list[PluginInfo] = []
 
-    from collector import builtin  # light: declarations only
+    # The built-in components are a plugin like any other, found by name the way
+    # an entry point names its module: the registry sits below them (they use
+    # the runtime; the runtime uses the registry), so it must not import them.
+    builtin = importlib.import_module(BUILTIN_MODULE)  # light: declarations only
 
-    pm.register(builtin, name=BUILTIN_NAME)
-    plugins.append(PluginInfo(BUILTIN_NAME, "collector-core", _core_version(), "loaded"))
+    core = PluginInfo(BUILTIN_NAME, "collector-core", _core_version(), "loaded")
+    plugins.append(core)
+    _register(pm, core, builtin)
 
     for name, obj in extra_plugins:
-        pm.register(obj, name=name)
-        plugins.append(PluginInfo(name, name, "in-process", "loaded"))
+        info = PluginInfo(name, name, "in-process", "loaded")
+        plugins.append(info)
+        _register(pm, info, obj)
 
     seen: set[str] = set()
     for ep in _entry_points():
@@ -275,13 +326,14 @@ def load_registry(
             continue
         try:
             module = ep.load()
-            pm.register(module, name=ep.name)
         except Exception as exc:  # isolation: one plugin's import error is its own
             info.status = "failed"
             info.error = f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}"
         except SystemExit as exc:  # a plugin calling sys.exit at import must not end us
             info.status = "failed"
             info.error = f"import of {ep.value!r} called sys.exit({exc.code})"
+        else:
+            _register(pm, info, module)
 
     registry = Registry(pm, plugins)
     registry._collect()

@@ -38,22 +38,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.events import format_time, stable_id
-from collector.components import ConfigT, Receiver
-from collector.runtime.sender import full_jitter
+from collector.backoff import Backoff
+from collector.components import ConfigT, Meta, Receiver
+from collector.durations import Duration, format_duration
 from collector.errors import ConfigError
-from collector.functions import parse_duration
+from collector.events import format_time, stable_id
 
 WATERMARKS = "watermark"
-
-
-def _duration(value: str | float, name: str) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    assert seconds is not None
-    return seconds
 
 
 class ScheduleConfig(BaseModel):
@@ -61,27 +52,26 @@ class ScheduleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    interval: str | None = Field(
-        None, description="Window length, e.g. 60s, 5m, 1h (aligned to the epoch). Default 60s unless cron is set."
+    interval: Duration | None = Field(
+        None,
+        gt=0,
+        description="Window length, e.g. 60s, 5m, 1h (aligned to the epoch). Default 60s unless cron is set.",
     )
     cron: str | None = Field(
         None,
         description="Cron expression for window ends instead of an interval; 5 fields, or 6 with seconds first "
         "(e.g. '0 */5 * * * *'). Windows run from one firing to the next.",
     )
-    offset: str = Field("0s", description="Wait this long after a window ends before collecting it (late data).")
-    max_backfill: str = Field(
-        "24h", description="On start, catch up on missed windows this far back; older ones are counted and logged."
+    offset: Duration = Field(
+        0.0, ge=0, description="Wait this long after a window ends before collecting it (late data)."
     )
-    retry_initial: str = Field("1s", description="Backoff base for a failed window.")
-    retry_max: str = Field("60s", description="Backoff cap for a failed window.")
-
-    @field_validator("interval", "offset", "max_backfill", "retry_initial", "retry_max")
-    @classmethod
-    def _check_duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            _duration(v, "duration")
-        return v
+    max_backfill: Duration = Field(
+        24 * 3600.0,
+        ge=0,
+        description="On start, catch up on missed windows this far back; older ones are counted and logged.",
+    )
+    retry_initial: Duration = Field(1.0, gt=0, description="Backoff base for a failed window (1s).")
+    retry_max: Duration = Field(60.0, gt=0, description="Backoff cap for a failed window (60s).")
 
     @field_validator("cron")
     @classmethod
@@ -98,14 +88,12 @@ class ScheduleConfig(BaseModel):
     def _one_of(self) -> ScheduleConfig:
         if self.interval is not None and self.cron is not None:
             raise ValueError("set interval or cron, not both")
-        if self.interval is not None and _duration(self.interval, "interval") <= 0:
-            raise ValueError("interval must be positive")
         return self
 
     def schedule(self) -> Schedule:
         if self.cron is not None:
             return CronSchedule(self.cron)
-        return IntervalSchedule(_duration(self.interval or "60s", "interval"))
+        return IntervalSchedule(self.interval or 60.0)
 
 
 @dataclass(frozen=True)
@@ -217,10 +205,10 @@ class PullReceiver(Receiver[ConfigT]):
             raise ConfigError("a pull receiver's config must subclass ScheduleConfig", f"receivers.{ctx.id}")
         self.schedule_config = sched_cfg
         self.schedule = sched_cfg.schedule()
-        self.offset = _duration(sched_cfg.offset, "offset")
-        self.max_backfill = _duration(sched_cfg.max_backfill, "max_backfill")
-        self.retry_initial = _duration(sched_cfg.retry_initial, "retry_initial")
-        self.retry_max = _duration(sched_cfg.retry_max, "retry_max")
+        self.offset = sched_cfg.offset
+        self.max_backfill = sched_cfg.max_backfill
+        self.retry_initial = sched_cfg.retry_initial
+        self.retry_max = sched_cfg.retry_max
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -325,7 +313,7 @@ class PullReceiver(Receiver[ConfigT]):
                 self.log.warning(
                     "receiver %s: %d window(s) older than max_backfill=%s were skipped (collector down too long); "
                     "run `collector backfill %s --from ... --to ...` to recover them",
-                    self.id, skipped, self.schedule_config.max_backfill, self.id,
+                    self.id, skipped, format_duration(self.max_backfill), self.id,
                 )  # fmt: skip
                 if windows:
                     # The watermark moves to just before the oldest window we will do.
@@ -351,7 +339,7 @@ class PullReceiver(Receiver[ConfigT]):
                 await self.run_window(window)
             except Exception as exc:
                 self._m_fail.inc()
-                delay = full_jitter(attempt, self.retry_initial, self.retry_max)
+                delay = Backoff(self.retry_initial, self.retry_max).delay(attempt)
                 self.last_error = f"window {window}: {exc}"
                 self.log.error(
                     "receiver %s: window %s failed (%s); retrying the same window in %.1fs",
@@ -373,7 +361,7 @@ class PullReceiver(Receiver[ConfigT]):
         records = await self.collect(window)
         self._m_duration.observe(time.monotonic() - t0)
         if records:
-            await self.emit(records, window.meta())
+            await self.emit(records, Meta(window=window))
         return len(records)
 
     async def _sleep(self, seconds: float) -> None:

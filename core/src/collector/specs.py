@@ -1,15 +1,30 @@
-"""What a plugin declares: plain data, no behaviour, cheap to import."""
+"""What a plugin declares: plain data, no behaviour, cheap to import.
+
+Part of the public plugin API (:mod:`collector.api`).
+"""
 
 from __future__ import annotations
 
+import builtins
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from collector.components import Component, ComponentContext
+
+__all__ = [
+    "KINDS",
+    "SECTION",
+    "ComponentID",
+    "ComponentKind",
+    "ComponentSpec",
+    "Factory",
+    "FunctionSpec",
+]
 
 ComponentKind = Literal["receiver", "processor", "exporter", "coordinator"]
 KINDS: tuple[ComponentKind, ...] = ("receiver", "processor", "exporter", "coordinator")
@@ -21,23 +36,55 @@ SECTION: dict[str, str] = {
     "coordinator": "coordinators",
 }
 
-Factory = Callable[["ComponentContext", Any], "Component[Any]"]
-# An alias, because inside ComponentSpec the field named ``type`` shadows the builtin.
-ModelType = type[BaseModel]
+_TYPE = re.compile(r"^[a-z][a-z0-9_-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True, order=True)
+class ComponentID:
+    """A component's id as written in the configuration: ``type`` or ``type/name``.
+
+    ``ComponentID.parse("openmeter/eu")`` -> ``type="openmeter"``, ``name="eu"``;
+    ``str()`` gives the written form back.  Use it instead of splitting strings.
+    """
+
+    type: str
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ComponentID:
+        """Parse ``type`` or ``type/name``; ValueError says what a valid id looks like."""
+        type_, sep, name = text.partition("/")
+        if not _TYPE.match(type_) or (sep and not _NAME.match(name)):
+            raise ValueError(
+                f"{text!r} is not a component id: write `type` or `type/name` (a lower-case type such as "
+                "`openmeter`, then optionally `/` and a name of letters, digits, '_', '.' or '-')"
+            )
+        return cls(type_, name if sep else None)
+
+    def __str__(self) -> str:
+        return self.type if self.name is None else f"{self.type}/{self.name}"
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+#: Builds a component from its context and validated config.
+Factory = Callable[["ComponentContext", ConfigT], "Component[ConfigT]"]
 
 
 @dataclass(frozen=True)
-class ComponentSpec:
+class ComponentSpec(Generic[ConfigT]):
     """A component type: its kind, name, config model and factory.
 
     The factory is called only when a configuration uses the type, so it is
-    the place for heavy imports.
+    the place for heavy imports.  ``ComponentSpec[MyConfig]`` ties the model to
+    the factory, so a type checker sees that the factory receives ``MyConfig``.
     """
 
     kind: ComponentKind
     type: str
-    config_model: ModelType
-    factory: Factory
+    config_model: builtins.type[ConfigT]  # builtins: the field `type` above shadows the name
+    factory: Callable[[ComponentContext, ConfigT], Component[ConfigT]]
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -29,11 +29,15 @@ Model::
   through, even over the bound (after ``max_keys`` was lowered).
 * Nothing is held only in memory: the entry count lives in the file
   (maintained by triggers in the same transaction), every read goes to the
-  file, and SQLite's locking lets several processes share one store
-  (DESIGN.md section 8a).  The API is blocking and thread-safe; call it from
-  asyncio with ``asyncio.to_thread``.
-* A file SQLite cannot read is moved aside (``<name>.corrupt-<stamp>``) and
-  a fresh one is started, so a damaged file never stops the collector.
+  file, and SQLite's locking lets several processes share one store.  The
+  API is blocking and thread-safe; call it from asyncio with
+  ``asyncio.to_thread``.
+* Opening is :mod:`collector.sqlite`, shared with the queue and the dead
+  letters (docs/delivery.md): a file SQLite reports as damaged is moved aside
+  (``<name>.corrupt-<stamp>``) and a fresh one is started, so a damaged file
+  never stops the collector; a locked one is waited for (``busy_timeout``)
+  and then reported, never moved.  A full disk (SQLITE_FULL, ENOSPC) is
+  :class:`StateFullError`: refused for now, retried when space returns.
 """
 
 from __future__ import annotations
@@ -41,21 +45,34 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from collector.errors import BackpressureError
+from collector.sqlite import (
+    ConnectHook,
+    Durability,
+    Pragmas,
+    connect,
+    is_disk_full,
+    open_or_move_aside,
+    synchronous_for,
+    transaction,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from collector.metrics import Meter
 
 log = logging.getLogger("collector.state")
 
 OnFull = Literal["refuse", "evict"]
-Durability = Literal["full", "relaxed"]
 
 SCHEMA_VERSION = 1
 _CHUNK = 500  # bound parameters per statement (SQLite's limit is 32766 here, but keep statements small)
@@ -271,7 +288,10 @@ class StateStore:
         on_full: OnFull = "refuse",
         durability: Durability = "full",
         busy_timeout: float = 30.0,
+        on_connect: ConnectHook | None = None,
     ) -> None:
+        """``on_connect`` is called with the store's SQLite connection once it is set up
+        (instrumentation; tests use it for a full disk)."""
         if max_keys is not None and max_keys <= 0:
             raise ValueError("max_keys must be positive")
         self.path = Path(path)
@@ -279,51 +299,33 @@ class StateStore:
         self.on_full: OnFull = on_full
         self.durability: Durability = durability
         self.evicted = 0  # entries evicted by this process since it opened the store (for logs and metrics)
-        self._busy_timeout = busy_timeout
+        self._pragmas = Pragmas(synchronous=synchronous_for(durability), busy_timeout_s=busy_timeout)
+        self._on_connect = on_connect
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            moved = self._move_aside()
-            log.error("state store %s is unreadable (%s); moved it to %s and started a new one", path, exc, moved)
-            self._db = self._open()
+        self._db, _ = open_or_move_aside(self.path, self._open, what="state store", logger=log)
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=self._busy_timeout)
+        conn = connect(self.path, self._pragmas, on_connect=self._on_connect)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("SELECT n FROM kv_count").fetchone()
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("SELECT n FROM kv_count").fetchone()
         except BaseException:
-            db.close()
+            conn.close()
             raise
-        return db
-
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                src.replace(Path(f"{target}{suffix}"))
-        return target
+        return conn
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """One atomic read-modify-write: commits when the block ends, rolls back on an exception."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            tx = Transaction(self, self._db)
             try:
-                yield tx
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                with transaction(self._db) as conn:
+                    tx = Transaction(self, conn)
+                    yield tx
+            except sqlite3.Error as exc:
+                if is_disk_full(exc):
                     # Disk full behaves like a full queue: refuse for now, recover when space returns.
                     raise StateFullError(f"state store {self.path}: {exc}", retry_after=5.0) from exc
                 raise
@@ -427,21 +429,11 @@ class StateStore:
             return int(self._db.execute("PRAGMA synchronous").fetchone()[0])
 
 
-def evictions_counter(metrics: Any) -> Any:
-    """``collector_state_evicted_keys_total{component}``, registered on first use.
-
-    Kept here (not in :class:`collector.telemetry.Metrics`) so that only
-    services with a bounded store export it.
-    """
-    counter = getattr(metrics, "state_evicted", None)
-    if counter is None:
-        from prometheus_client import Counter
-
-        counter = Counter(
-            "collector_state_evicted_keys",
-            "Entries a full state store evicted (soonest to expire first) to make room.",
-            ["component"],
-            registry=metrics.registry,
-        )
-        metrics.state_evicted = counter
-    return counter
+def evictions_counter(meter: Meter) -> Counter:
+    """``collector_state_evicted_keys_total{component}``, created on first use (so only
+    services with a bounded store export it)."""
+    return meter.counter(
+        "state_evicted_keys",
+        "Entries a full state store evicted (soonest to expire first) to make room.",
+        ["component"],
+    )

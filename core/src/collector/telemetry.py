@@ -31,10 +31,81 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from collector.metrics import Meter
+
+
+@dataclass(frozen=True)
+class ExporterGauges:
+    """One exporter's gauges at one moment, as its runner reads them from memory."""
+
+    queue_events: int  # waiting or in flight, not yet delivered or dead-lettered
+    queue_bytes: int
+    queue_oldest_age_s: float
+    queue_refusing: bool
+    queue_quarantined: int
+    in_flight_events: int
+    paused: bool
+    dead_letter_events: int
+
+
+_EXPORTER_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("collector_queue_events", "Events in the queue, in flight included.", "queue_events"),
+    ("collector_queue_bytes", "Serialised bytes in the queue.", "queue_bytes"),
+    ("collector_queue_oldest_age_seconds", "Age of the oldest queued event.", "queue_oldest_age_s"),
+    ("collector_queue_refusing", "1 while the queue refuses new data (full or disk full).", "queue_refusing"),
+    ("collector_queue_quarantined_items", "Unreadable queue items moved aside.", "queue_quarantined"),
+    ("collector_exporter_in_flight_events", "Events taken from the queue and not yet finished.", "in_flight_events"),
+    ("collector_exporter_paused", "1 while the exporter is paused on an authentication error.", "paused"),
+    ("collector_dead_letter_events", "Events in the dead-letter store.", "dead_letter_events"),
+)
+
+
+class ExporterGaugeCollector(Collector):
+    """Per-exporter gauges computed at scrape time.
+
+    Each exporter's runner registers a function that reads its counters from
+    memory (docs/operations.md, "Metrics"); a scrape calls it, so the values
+    are current without anyone refreshing them, and no scrape runs a query on
+    an event loop.  A source that fails is left out of that scrape.
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[str, Callable[[], ExporterGauges]] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, exporter_id: str, read: Callable[[], ExporterGauges]) -> None:
+        with self._lock:
+            self._sources[exporter_id] = read
+
+    def unwatch(self, exporter_id: str) -> None:
+        with self._lock:
+            self._sources.pop(exporter_id, None)
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(name, doc, labels=["exporter"]) for name, doc, _ in _EXPORTER_GAUGES]
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            sources = list(self._sources.items())
+        families = [(GaugeMetricFamily(name, doc, labels=["exporter"]), attr) for name, doc, attr in _EXPORTER_GAUGES]
+        for exporter_id, read in sources:
+            try:
+                values = read()
+            except Exception:  # a scrape must not fail because one exporter is closing
+                logging.getLogger("collector.telemetry").debug("gauges of %s unreadable", exporter_id, exc_info=True)
+                continue
+            for family, attr in families:
+                family.add_metric([exporter_id], float(getattr(values, attr)))
+        return [family for family, _ in families]
 
 
 class Metrics:
@@ -107,37 +178,9 @@ class Metrics:
         self.send_latency = Histogram(
             "collector_exporter_request_seconds", "Duration of export requests.", ["exporter", "outcome"], registry=r
         )
-        self.queue_events = Gauge(
-            "collector_queue_events", "Events in the queue, in flight included.", ["exporter"], registry=r
-        )
-        self.queue_bytes = Gauge("collector_queue_bytes", "Serialised bytes in the queue.", ["exporter"], registry=r)
-        self.queue_oldest = Gauge(
-            "collector_queue_oldest_age_seconds", "Age of the oldest queued event.", ["exporter"], registry=r
-        )
-        self.queue_refusing = Gauge(
-            "collector_queue_refusing",
-            "1 while the queue refuses new data (full or disk full).",
-            ["exporter"],
-            registry=r,
-        )
-        self.queue_quarantined = Gauge(
-            "collector_queue_quarantined_items", "Unreadable queue items moved aside.", ["exporter"], registry=r
-        )
-        self.in_flight = Gauge(
-            "collector_exporter_in_flight_events",
-            "Events taken from the queue and not yet finished.",
-            ["exporter"],
-            registry=r,
-        )
-        self.exporter_paused = Gauge(
-            "collector_exporter_paused",
-            "1 while the exporter is paused on an authentication error.",
-            ["exporter"],
-            registry=r,
-        )
-        self.dead_letter_events = Gauge(
-            "collector_dead_letter_events", "Events in the dead-letter store.", ["exporter"], registry=r
-        )
+        # Queue, in-flight, pause and dead-letter gauges are read when scraped.
+        self.exporter_gauges = ExporterGaugeCollector()
+        r.register(self.exporter_gauges)
         # -- pull receivers -----------------------------------------------------
         self.pull_duration = Histogram(
             "collector_pull_window_duration_seconds", "Time to collect one window.", ["receiver"], registry=r
@@ -265,4 +308,6 @@ class Telemetry:
 
     def __init__(self) -> None:
         self.metrics = Metrics()
+        # What components use for metrics of their own (ctx.metrics): get-or-create, collector_ prefix.
+        self.meter = Meter(self.metrics.registry)
         self.redactor = REDACTOR

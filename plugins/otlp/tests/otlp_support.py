@@ -30,7 +30,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from collector.testing import testing_registry
+from collector.testing import eventually_sync, testing_registry
 
 # Any record -> a CloudEvent carrying the whole record, with an id derived from its content.
 GENERIC_MAPPING = """\
@@ -264,11 +264,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+    eventually_sync(predicate, timeout=timeout, interval=0.01)
 
 
 # -- the real OpenTelemetry SDK exporters ----------------------------------------------------

@@ -126,7 +126,7 @@ def test_importing_the_plugin_imports_no_grpc_nor_protobuf():
         ("{grpc: {endpoint: nowhere}}", "is not host:port"),
         ("{grpc: {port: 4317}}", r"receivers\.otlp\.grpc\.port: unknown field"),
         ("{metrics: {series_ttl: soon}}", r"metrics\.series_ttl: .*not a duration"),
-        ("{metrics: {series_ttl: 0}}", "positive duration"),
+        ("{metrics: {series_ttl: 0}}", r"metrics\.series_ttl: Input should be greater than 0"),
         ("{max_message_bytes: 0}", "max_message_bytes"),
     ],
 )

@@ -171,6 +171,26 @@ async def test_grpc_partial_success_for_each_signal(registry, tmp_path):
     assert len(events) == 3  # two logs and one data point
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_sdk_partial_success_commits_the_rest_once_and_counts_each_record_once(transport, registry, tmp_path):
+    # Through the real SDK exporter: one record breaks the mapping (no n), one has
+    # no subject (the exporter's event rules); the SDK is told success, with the count.
+    entries = [("fine", {"n": 1, "user": "acme"}), ("no n", {"user": "acme"}), ("no user", {"n": 2})]
+    async with run_pipeline(pipeline_yaml(mapping=STRICT_MAPPING), tmp_path, registry=registry) as p:
+        receiver = p.service.receivers["otlp"]
+        port = receiver.grpc.port if transport == "grpc" else receiver.http.port
+        assert await asyncio.to_thread(emit_logs, Sdk(transport, port).log_exporter(), entries)
+        m = p.service.telemetry.metrics
+        counts = (
+            m.received.labels(receiver="otlp")._value.get(),
+            m.accepted.labels(receiver="otlp")._value.get(),
+            m.refused.labels(receiver="otlp", reason="invalid")._value.get(),
+        )
+    # Leaving the context drained the queue: the valid record, once.
+    assert [e["data"]["n"] for e in p.exporter().events] == [2]
+    assert counts == (3, 1, 2)
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 

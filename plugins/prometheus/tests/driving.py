@@ -8,10 +8,10 @@ loop, and waits -- in real time, bounded -- until a condition holds.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 from collector.clock import FakeClock
+from collector.testing import eventually
 
 
 async def drive(
@@ -24,13 +24,15 @@ async def drive(
     what: str = "condition",
 ) -> None:
     """Advance ``clock`` by ``step`` (never past ``until``) until ``condition()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (fake time {clock.time()})")
+
+    def step_then_check() -> bool:
+        if condition():
+            return True
         if clock.time() < until:
             clock.advance(min(step, until - clock.time()))
-        await asyncio.sleep(0.01)
+        return False
+
+    await eventually(step_then_check, timeout=timeout, message=f"{what} (fake time up to {until})")
 
 
 async def advance(clock: FakeClock, seconds: float, step: float = 30.0) -> None:

@@ -84,10 +84,10 @@ def registry():
     return testing_registry([("prometheus-under-test", collector_plugin_prometheus)])
 
 
-async def test_exact_values_ids_and_times_for_known_windows(run_pipeline, registry, prometheus, d0, caplog):
+async def test_exact_values_ids_and_times_for_known_windows(collector_run_pipeline, registry, prometheus, d0, caplog):
     w = d0 + 3600
     clock = FakeClock(start=w + 10)
-    async with run_pipeline(config(prometheus.url), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(config(prometheus.url), registry=registry, clock=clock) as p:
         rec = p.service.receivers["prometheus"]
         await drive(clock, lambda: rec.watermark == w + 2 * WINDOW, until=w + 2 * WINDOW + 10, what="3 windows")
         events = await p.exporter().wait_for(12)
@@ -102,7 +102,7 @@ async def test_exact_values_ids_and_times_for_known_windows(run_pipeline, regist
     assert "query 'gpu_seconds': 1 record(s) without label 'namespace' skipped" in caplog.text
 
 
-async def test_range_query_gives_one_event_per_step(run_pipeline, registry, prometheus, d0):
+async def test_range_query_gives_one_event_per_step(collector_run_pipeline, registry, prometheus, d0):
     w = d0 + 3600
     query = {
         "name": "gpu_minutes",
@@ -111,7 +111,7 @@ async def test_range_query_gives_one_event_per_step(run_pipeline, registry, prom
         "query": 'sum by (namespace) (increase(gpu_seconds_total{namespace="team-a"}[{step}]))',
     }
     clock = FakeClock(start=w + 10)
-    async with run_pipeline(config(prometheus.url, [query]), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(config(prometheus.url, [query]), registry=registry, clock=clock) as p:
         events = await p.exporter().wait_for(5)
     # Samples at start+1m ... end, each covering the minute before it; the event time is that minute's start.
     assert [e["time"] for e in events] == [rfc3339(w - WINDOW + 60 * i) for i in range(5)]
@@ -122,7 +122,7 @@ async def test_range_query_gives_one_event_per_step(run_pipeline, registry, prom
     )  # source, query, labels, sample timestamp, window start
 
 
-async def test_user_mapping_sees_the_record_and_window(run_pipeline, registry, prometheus, d0):
+async def test_user_mapping_sees_the_record_and_window(collector_run_pipeline, registry, prometheus, d0):
     w = d0 + 3600
     mapping = (
         '{"type": "gpu-hours", "subject": this.labels.namespace, "time": meta.window_start,'
@@ -131,7 +131,7 @@ async def test_user_mapping_sees_the_record_and_window(run_pipeline, registry, p
     )
     clock = FakeClock(start=w + 10)
     cfg = config(prometheus.url, [GPU], mapping=mapping)
-    async with run_pipeline(cfg, registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(cfg, registry=registry, clock=clock) as p:
         events = await p.exporter().wait_for(2)
         dropped = sample(
             p, "collector_prometheus_dropped_series_total",
@@ -148,7 +148,9 @@ async def test_user_mapping_sees_the_record_and_window(run_pipeline, registry, p
     assert dropped == 1  # the orphan series, dropped by the mapping
 
 
-async def test_restart_in_the_middle_loses_and_repeats_nothing(run_pipeline, registry, prometheus, d0, tmp_path):
+async def test_restart_in_the_middle_loses_and_repeats_nothing(
+    collector_run_pipeline, registry, prometheus, d0, tmp_path
+):
     """Uninterrupted run vs. a run stopped after two windows and restarted 3 windows later: the same events."""
     w = d0 + 3600
     last_end = w + 5 * WINDOW  # windows [w-300, w) ... [w+1200, w+1500): 6 windows
@@ -157,18 +159,18 @@ async def test_restart_in_the_middle_loses_and_repeats_nothing(run_pipeline, reg
     clock = FakeClock(start=w + 10)
     other = tmp_path / "uninterrupted"
     other.mkdir()
-    async with run_pipeline(cfg, registry=registry, clock=clock, storage_dir=other) as p:
+    async with collector_run_pipeline(cfg, registry=registry, clock=clock, storage_dir=other) as p:
         rec = p.service.receivers["prometheus"]
         await drive(clock, lambda: rec.watermark == last_end, until=last_end + 10, what="6 windows")
         uninterrupted = await p.exporter().wait_for(24)
 
     clock = FakeClock(start=w + 10)
-    async with run_pipeline(cfg, registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(cfg, registry=registry, clock=clock) as p:
         rec = p.service.receivers["prometheus"]
         await drive(clock, lambda: rec.watermark == w + WINDOW, until=w + WINDOW + 10, what="2 windows")
         first = await p.exporter().wait_for(8)
     clock.advance(3 * WINDOW)  # down for three windows
-    async with run_pipeline(cfg, registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(cfg, registry=registry, clock=clock) as p:
         rec = p.service.receivers["prometheus"]
         await drive(clock, lambda: rec.watermark == last_end, until=last_end + 10, what="backfill")
         second = await p.exporter().wait_for(16)
@@ -183,11 +185,11 @@ async def test_restart_in_the_middle_loses_and_repeats_nothing(run_pipeline, reg
     )
 
 
-async def test_prometheus_down_windows_fail_then_are_backfilled(run_pipeline, registry, own_prometheus, d0):
+async def test_prometheus_down_windows_fail_then_are_backfilled(collector_run_pipeline, registry, own_prometheus, d0):
     w = d0 + 3600
     own_prometheus.start()
     clock = FakeClock(start=w + 10)
-    async with run_pipeline(config(own_prometheus.url), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(config(own_prometheus.url), registry=registry, clock=clock) as p:
         rec = p.service.receivers["prometheus"]
         await drive(clock, lambda: rec.watermark == w, until=w + 10, what="first window")
         await p.exporter().wait_for(4)
@@ -217,16 +219,16 @@ async def test_prometheus_down_windows_fail_then_are_backfilled(run_pipeline, re
 
 
 async def test_invalid_promql_fails_the_whole_window_and_keeps_the_watermark(
-    run_pipeline, registry, prometheus, d0, caplog
+    collector_run_pipeline, registry, prometheus, d0, caplog
 ):
     w = d0 + 3600
     clock = FakeClock(start=w + 10)
-    async with run_pipeline(config(prometheus.url), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(config(prometheus.url), registry=registry, clock=clock) as p:
         rec = p.service.receivers["prometheus"]
         await drive(clock, lambda: rec.watermark == w, until=w + 10, what="first window")
 
     broken = {"name": "broken", "query": "sum(rate(gpu_seconds_total[{window}])"}
-    async with run_pipeline(config(prometheus.url, [GPU, broken]), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(config(prometheus.url, [GPU, broken]), registry=registry, clock=clock) as p:
         rec = p.service.receivers["prometheus"]
         await drive(
             clock,
@@ -243,10 +245,10 @@ async def test_invalid_promql_fails_the_whole_window_and_keeps_the_watermark(
     assert "receiver prometheus: query 'broken'" in caplog.text
 
 
-async def test_more_series_than_max_series_fails_naming_the_query(run_pipeline, registry, prometheus, d0):
+async def test_more_series_than_max_series_fails_naming_the_query(collector_run_pipeline, registry, prometheus, d0):
     w = d0 + 3600
     clock = FakeClock(start=w + 10)
-    async with run_pipeline(config(prometheus.url, [GPU], max_series=2), registry=registry, clock=clock) as p:
+    async with collector_run_pipeline(config(prometheus.url, [GPU], max_series=2), registry=registry, clock=clock) as p:
         rec = p.service.receivers["prometheus"]
         await drive(clock, lambda: rec.last_error is not None, until=w + 10, what="an error")
         assert rec.watermark is None and p.exporter().events == []
@@ -268,11 +270,13 @@ def example_on_memory(name: str) -> str:
     return yaml.safe_dump(data)
 
 
-async def test_the_api_requests_example_bills_requests_per_customer(run_pipeline, registry, prometheus, d0):
+async def test_the_api_requests_example_bills_requests_per_customer(collector_run_pipeline, registry, prometheus, d0):
     w = d0 + 3600
     clock = FakeClock(start=w + 60 + 10)  # offset: 1m
     cfg = example_on_memory("prometheus-api-requests.yaml")
-    async with run_pipeline(cfg, registry=registry, clock=clock, environ={"PROMETHEUS_URL": prometheus.url}) as p:
+    async with collector_run_pipeline(
+        cfg, registry=registry, clock=clock, environ={"PROMETHEUS_URL": prometheus.url}
+    ) as p:
         events = await p.exporter().wait_for(2)
     start = rfc3339(w - WINDOW)
     assert sorted((e["subject"], e["time"], e["data"]["value"], e["data"]["route"]) for e in events) == [
@@ -284,11 +288,13 @@ async def test_the_api_requests_example_bills_requests_per_customer(run_pipeline
     assert stable_id("api-gateway-metrics", "api_requests", labels, start) in {e["id"] for e in events}
 
 
-async def test_the_gpu_hours_example_bills_gpu_hours_per_namespace(run_pipeline, registry, prometheus, d0):
+async def test_the_gpu_hours_example_bills_gpu_hours_per_namespace(collector_run_pipeline, registry, prometheus, d0):
     w = d0 + 3600
     clock = FakeClock(start=w + 120 + 10)  # offset: 2m
     cfg = example_on_memory("prometheus-gpu-hours.yaml")
-    async with run_pipeline(cfg, registry=registry, clock=clock, environ={"PROMETHEUS_URL": prometheus.url}) as p:
+    async with collector_run_pipeline(
+        cfg, registry=registry, clock=clock, environ={"PROMETHEUS_URL": prometheus.url}
+    ) as p:
         events = await p.exporter().wait_for(2)
     got = sorted((e["type"], e["subject"], e["time"], e["data"]["gpu_model"]) for e in events)
     start = rfc3339(w - WINDOW)

@@ -20,6 +20,7 @@ import pytest
 
 from collector.events import format_time, stable_id
 from collector.state import StateStore
+from collector.testing import eventually_sync
 from support.collector_proc import CollectorProcess, collector_config, free_port, read_queue_ids
 from support.fake_openmeter import FakeOpenMeter
 
@@ -31,11 +32,10 @@ def unix(rfc3339: str) -> float:
 
 
 def wait(condition: Any, timeout: float, what: str, proc: CollectorProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout}s\n{proc.log_tail()}")
-        time.sleep(0.05)
+    try:
+        eventually_sync(condition, timeout=timeout, interval=0.05, message=what)
+    except AssertionError as exc:
+        raise TimeoutError(f"{exc}\n{proc.log_tail()}") from None
 
 
 @pytest.mark.slow

@@ -386,7 +386,7 @@ def test_window_placeholder_follows_the_schedule():
     cfg = PrometheusReceiverConfig(
         url="http://prom:9090/", queries=[{"name": "q", "query": 'increase(x{a="{b}"}[{window}])'}]
     )
-    assert cfg.url == "http://prom:9090" and cfg.offset == "1m" and cfg.subject_label == "subject"
+    assert cfg.url == "http://prom:9090" and cfg.offset == 60.0 and cfg.subject_label == "subject"
     assert cfg.queries[0].render(300) == 'increase(x{a="{b}"}[300s])'
     assert cfg.queries[0].render(3600) == 'increase(x{a="{b}"}[3600s])'
     assert cfg.queries[0].render(1.5) == 'increase(x{a="{b}"}[1500ms])'
@@ -404,7 +404,7 @@ def test_every_field_is_described():
             assert info.description, f"{model.__name__}.{name} has no description"
 
 
-async def test_a_bad_mapping_is_a_config_error_with_its_path(run_pipeline):
+async def test_a_bad_mapping_is_a_config_error_with_its_path(collector_run_pipeline):
     registry = testing_registry([("prometheus-under-test", collector_plugin_prometheus)])
     cfg = """
 receivers:
@@ -412,7 +412,7 @@ receivers:
 exporters: {memory: {}}
 """
     with pytest.raises(ConfigError, match=r"receivers\.prometheus\.mapping: line 1, column \d+: syntax error"):
-        async with run_pipeline(cfg, registry=registry):
+        async with collector_run_pipeline(cfg, registry=registry):
             pass
 
 

@@ -11,6 +11,7 @@ import orjson
 from pydantic import Field
 
 from collector.components import Event, Exporter, ExporterConfig
+from collector.events import CLOUDEVENTS
 
 
 class DebugExporterConfig(ExporterConfig):
@@ -23,6 +24,11 @@ class DebugExporterConfig(ExporterConfig):
 
 
 class DebugExporter(Exporter[DebugExporterConfig]):
+    # It prints whatever CloudEvent it gets, so trying a mapping out shows
+    # events that OpenMeter would refuse; a pipeline that also feeds OpenMeter
+    # still checks OpenMeter's rules (docs/plugin-authors.md).
+    requires = (CLOUDEVENTS,)
+
     _out: IO[bytes] | None = None
 
     async def _start(self) -> None:

@@ -1,7 +1,8 @@
 """``collector backfill RECEIVER --from T --to T``: re-emit past windows.
 
 The receiver's pipelines are built from the configuration on a storage
-directory of their own (``<storage>/backfill/<receiver>-<stamp>``), so a
+directory of their own (``<storage>/backfill/<receiver>-<stamp>``, see
+:meth:`collector.runtime.layout.StorageLayout.for_backfill`), so a
 collector running on the same storage is not disturbed and the live
 watermark is not touched.  Each window is collected and committed in order
 (a progress bar shows the windows), then the backfill's own senders deliver
@@ -19,10 +20,14 @@ import sys
 import time
 from typing import Any
 
-from collector.config import LoadedConfig, StorageConfig
+from collector.backoff import Backoff
+from collector.config import LoadedConfig
 from collector.errors import ConfigError
 from collector.functions import unix_time
 from collector.plugins import Registry
+
+# A failed window is retried after up to 2 s, 4 s, 8 s... at most 30 s (full jitter).
+_WINDOW_BACKOFF = Backoff(base=2.0, cap=30.0)
 
 
 def _parse_time(value: str, flag: str) -> float:
@@ -34,16 +39,15 @@ def _parse_time(value: str, flag: str) -> float:
     return out
 
 
-def _scoped(loaded: LoadedConfig, receiver_id: str, stamp: str) -> LoadedConfig:
-    """The configuration reduced to the receiver's pipelines, on a storage of its own."""
+def _scoped(loaded: LoadedConfig, receiver_id: str) -> LoadedConfig:
+    """The configuration reduced to the receiver's pipelines, fed by that receiver alone."""
     raw = loaded.raw
     pipelines = {n: p for n, p in raw.service.pipelines.items() if receiver_id in p.receivers}
     if not pipelines:
         raise ConfigError(f"no pipeline uses receiver {receiver_id!r}", "service.pipelines")
     pipelines = {n: p.model_copy(update={"receivers": [receiver_id]}) for n, p in pipelines.items()}
-    storage = StorageConfig(directory=raw.storage.directory / "backfill" / f"{receiver_id.replace('/', '__')}-{stamp}")
     service = raw.service.model_copy(update={"pipelines": pipelines})
-    new_raw = raw.model_copy(update={"service": service, "storage": storage})
+    new_raw = raw.model_copy(update={"service": service})
     return LoadedConfig(raw=new_raw, components=loaded.components, warnings=[], source=loaded.source)
 
 
@@ -51,6 +55,7 @@ async def run_backfill(args: argparse.Namespace, loaded: LoadedConfig, registry:
     from tqdm import tqdm
 
     from collector.pull import PullReceiver
+    from collector.runtime.layout import StorageLayout
     from collector.runtime.service import Service
 
     rid = args.receiver
@@ -63,8 +68,8 @@ async def run_backfill(args: argparse.Namespace, loaded: LoadedConfig, registry:
         print("error: --to must be after --from", file=sys.stderr)
         return 2
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    scoped = _scoped(loaded, rid, stamp)
-    service = Service(scoped, registry)
+    layout = StorageLayout(loaded.raw.storage.directory).for_backfill(rid, stamp)
+    service = Service(_scoped(loaded, rid), registry, layout=layout)
     service.build()
     receiver = service.receivers[rid]
     if not isinstance(receiver, PullReceiver):
@@ -93,7 +98,7 @@ async def run_backfill(args: argparse.Namespace, loaded: LoadedConfig, registry:
                         bar.close()
                         print(f"error: window {window} failed {attempt} time(s): {exc}", file=sys.stderr)
                         return 1
-                    await asyncio.sleep(min(30.0, 2.0**attempt))
+                    await asyncio.sleep(_WINDOW_BACKOFF.delay(attempt - 1))
         bar.close()
         drained = await _drain(service, args.timeout, progress)
     finally:
@@ -104,7 +109,7 @@ async def run_backfill(args: argparse.Namespace, loaded: LoadedConfig, registry:
     )
     if not drained:
         print(
-            f"the rest stays queued under {scoped.raw.storage.directory}; run the same backfill again to resend "
+            f"the rest stays queued under {layout.root}; run the same backfill again to resend "
             "(ids are deterministic, so nothing is billed twice)",
             file=sys.stderr,
         )

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.config import LoadedConfig
-from collector.runtime.deadletters import DeadLetterStore
 from collector.plugins import Registry
-from collector.runtime.service import deadletter_path
+from collector.runtime.deadletters import DeadLetterStore
+from collector.runtime.layout import StorageLayout
 
 CHUNK = 1000
 
@@ -39,23 +39,21 @@ def _exporters(args: argparse.Namespace, loaded: LoadedConfig) -> list[str]:
 
 
 def _store(loaded: LoadedConfig, exporter_id: str) -> DeadLetterStore:
-    return DeadLetterStore(deadletter_path(loaded.raw.storage.directory, exporter_id))
+    return DeadLetterStore(StorageLayout(loaded.raw.storage.directory).exporter_deadletters(exporter_id))
 
 
 def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[str, DeadLetterStore]]:
     """Dead letters of a processor (on_error: dead_letter), one store per pipeline it is in."""
-    from collector.builtin.processors.common import deadletter_store_path
-    from collector.runtime.service import safe_name
-
     pid = args.processor
     if ("processor", pid) not in loaded.components:
         have = ", ".join(cid for (k, cid) in loaded.components if k == "processor") or "none"
         print(f"error: no processor {pid!r} in the configuration (have: {have})", file=sys.stderr)
         raise SystemExit(2)
+    layout = StorageLayout(loaded.raw.storage.directory)
     out = []
     for name, pipe in loaded.raw.service.pipelines.items():
         if pid in pipe.processors:
-            path = deadletter_store_path(loaded.raw.storage.directory / "processors" / safe_name(pid) / name)
+            path = layout.processor_deadletters(pid, name)
             if path.exists():
                 out.append((f"{pid} (pipeline {name})", DeadLetterStore(path)))
     return out
@@ -130,29 +128,17 @@ async def _replay(
 ) -> int:
     from tqdm import tqdm
 
-    from collector.components import ComponentContext, Exporter, ExporterConfig
-    from collector.runtime.sender import ExporterRunner
-    from collector.runtime.queue.memory import MemoryQueue
-    from collector.runtime.service import exporter_dir
-    from collector.telemetry import Telemetry
+    from collector.runtime.service import Service
 
     total = len(args.ids) if args.ids else store.count()
     if total == 0:
         print(f"{eid}: no dead letters to replay")
         return 0
-    cc = loaded.get("exporter", eid)
-    spec = registry.component("exporter", cc.type)
-    telemetry = Telemetry()
-    telemetry.redactor.add(*loaded.secrets())
-    ctx = ComponentContext(eid, "exporter", exporter_dir(loaded.raw.storage.directory, eid), telemetry, registry)
-    exporter = spec.factory(ctx, cc.config)
-    assert isinstance(exporter, Exporter)
-    queue = MemoryQueue(max_bytes=1 << 40)
     # Re-rejected events land in the same store with their new reason.
-    # A replay has everything at hand: send as soon as a batch is formed.
-    assert isinstance(cc.config, ExporterConfig)
-    config = cc.config.model_copy(update={"batch": cc.config.batch.model_copy(update={"period": 0.0})})
-    runner = ExporterRunner(eid, exporter, config, queue, _store(loaded, eid), telemetry.metrics)
+    service = Service(loaded, registry)
+    runner = service.build_exporter_runner(eid, replay=True)
+    queue = runner.queue
+    telemetry = service.telemetry
     await runner.start()
     deadline = time.monotonic() + args.timeout
     done = 0
@@ -182,13 +168,17 @@ async def _replay(
         return 1
     bar.close()
     await runner.shutdown(5.0)
-    m = telemetry.metrics
-    delivered = m.delivered.labels(exporter=eid)._value.get()
-    again = sum(
-        s.value
-        for metric in m.dead_lettered.collect()
-        for s in metric.samples
-        if s.name.endswith("_total") and s.labels.get("exporter") == eid
-    )
+    delivered = _count(telemetry, "collector_exporter_delivered_events_total", eid)
+    again = _count(telemetry, "collector_exporter_dead_lettered_events_total", eid)
     print(f"{eid}: replayed {done} event(s): {int(delivered)} delivered, {int(again)} dead-lettered again")
     return 0
+
+
+def _count(telemetry: Any, sample: str, eid: str) -> float:
+    """An exporter's counter summed over its other labels (the dead-letter reasons, say)."""
+    return sum(
+        s.value
+        for metric in telemetry.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == sample and s.labels.get("exporter") == eid
+    )

@@ -9,20 +9,25 @@ Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from collector.config import LoadedConfig
-    from collector.plugins import Registry
+from collector.cli.common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    err,
+    load,
+    load_or_report,
+    print_config_error,
+    registry_from_args,
+    settings,
+    strict_plugins,
+)
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
-
-def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    g = p.add_mutually_exclusive_group(required=required)
+def _config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
     g.add_argument("-c", "--config", type=Path, help="configuration file (env COLLECTOR_CONFIG)")
     g.add_argument("--preset", help="a preset shipped with the collector (env COLLECTOR_PRESET)")
 
@@ -47,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(run)
 
     validate = sub.add_parser("validate", parents=[common], help="check a configuration without starting anything")
-    _config_args(validate, required=True)
+    _config_args(validate)
 
     plugins = sub.add_parser("plugins", parents=[common], help="list installed plugins and their components")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -74,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     mapp.add_argument("--pipeline", help="the pipeline whose processors to run (default: the only one)")
     mapp.add_argument("-i", "--input", help="JSON, JSON array or JSON lines file; - or absent for stdin")
     mapp.add_argument("--meta", help="metadata for the expression, as a JSON object")
-    mapp.add_argument("--no-validate", action="store_true", help="do not check the output against OpenMeter's rules")
+    mapp.add_argument(
+        "--no-validate", action="store_true", help="do not check the output against the exporters' event rules"
+    )
 
     dlq = sub.add_parser("dlq", parents=[common], help="inspect, replay or drop dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
@@ -99,103 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- shared steps ------------------------------------------------------------------
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-def _strict(args: argparse.Namespace) -> bool:
-    """--strict-plugins, or COLLECTOR_STRICT_PLUGINS=1/true/yes/on."""
-    from collector.plugins import PluginSelection
-
-    return PluginSelection.from_env(strict=bool(getattr(args, "strict_plugins", False))).strict
-
-
-def _registry(args: argparse.Namespace) -> Registry:
-    from collector.plugins import PluginSelection, load_registry
-
-    return load_registry(PluginSelection.from_env(strict=_strict(args)))
-
-
-def _config_text(args: argparse.Namespace) -> tuple[str, str]:
-    """(yaml text, description of where it came from)."""
-    from collector import presets
-
-    config: Path | None = getattr(args, "config", None) or (
-        Path(os.environ["COLLECTOR_CONFIG"]) if os.environ.get("COLLECTOR_CONFIG") else None
-    )
-    preset: str | None = getattr(args, "preset", None) or os.environ.get("COLLECTOR_PRESET") or None
-    if config is not None and getattr(args, "preset", None) is None:
-        try:
-            return config.read_text(encoding="utf-8"), str(config)
-        except OSError as exc:
-            from collector.errors import ConfigError
-
-            raise ConfigError(f"cannot read configuration: {exc.strerror}", str(config)) from None
-    name = preset or "default"
-    try:
-        text = presets.load(name)
-    except KeyError as exc:
-        from collector.errors import ConfigError
-
-        raise ConfigError(str(exc.args[0]), "--preset") from None
-    return text, f"preset {name} ({presets.preset_file(name)})"
-
-
-def _settings() -> Any:
-    """Top-level settings from COLLECTOR_* variables; a bad value is a ConfigError naming the variable."""
-    from pydantic import ValidationError
-
-    from collector.config import ConfigErrors, Settings
-    from collector.errors import ConfigError
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise ConfigErrors(
-            [
-                ConfigError(err["msg"], "COLLECTOR_" + str(err["loc"][0]).upper() if err["loc"] else "COLLECTOR_*")
-                for err in exc.errors(include_url=False, include_input=False)
-            ]
-        ) from None
-
-
-def _load(args: argparse.Namespace, registry: Registry) -> LoadedConfig:
-    from collector.config import load_config
-
-    text, source = _config_text(args)
-    loaded = load_config(text, registry, source=source, settings=_settings())
-    problems = registry.check(strict=_strict(args))
-    if problems:
-        from collector.config import ConfigErrors
-        from collector.errors import ConfigError
-
-        raise ConfigErrors([ConfigError(p, "plugins") for p in problems])
-    return loaded
-
-
-def _load_or_report(args: argparse.Namespace) -> tuple[Registry, LoadedConfig] | None:
-    """Plugins and configuration, or None after printing why not (the caller exits 2)."""
-    from collector.errors import ConfigError
-
-    registry = _registry(args)
-    try:
-        return registry, _load(args, registry)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return None
-
-
-def _print_config_error(exc: Exception) -> None:
-    from collector.config import ConfigErrors
-
-    lines = exc.lines() if isinstance(exc, ConfigErrors) else [str(exc)]
-    for line in lines:
-        _err(f"error: {line}")
-
-
 # -- commands ---------------------------------------------------------------------
 
 
@@ -208,13 +118,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from collector.telemetry import setup_logging
 
     try:
-        settings = _settings()
+        env_settings = settings()
     except ConfigError as exc:
-        _print_config_error(exc)
+        print_config_error(exc)
         return EXIT_CONFIG
-    setup_logging(settings.log_level or "info", settings.log_format or "auto")
+    setup_logging(env_settings.log_level or "info", env_settings.log_format or "auto")
     log = logging.getLogger("collector.cli")
-    found = _load_or_report(args)
+    found = load_or_report(args)
     if found is None:
         return EXIT_CONFIG
     registry, loaded = found
@@ -229,19 +139,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             "OPENMETER_URL is not set: events are written to stdout by the debug exporter, not delivered "
             "anywhere. Set OPENMETER_URL (and OPENMETER_TOKEN) to deliver them to OpenMeter."
         )
-    source = ConfigSource(loaded.source, lambda: _load(args, registry))
+    source = ConfigSource(loaded.source, lambda: load(args, registry))
     return asyncio.run(Runtime(source, loaded, registry).run())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    found = _load_or_report(args)
+    found = load_or_report(args)
     if found is None:
         return EXIT_CONFIG
     registry, loaded = found
     for p in registry.failed():
-        _err(f"warning: plugin {p.name} ({p.label}) failed to load: {p.error}")
+        err(f"warning: plugin {p.name} ({p.label}) failed to load: {p.error}")
     for w in loaded.warnings:
-        _err(f"warning: {w}")
+        err(f"warning: {w}")
     raw = loaded.raw
     print(
         f"configuration OK: {len(raw.service.pipelines)} pipeline(s); "
@@ -254,7 +164,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     import json
 
-    registry = _registry(args)
+    registry = registry_from_args(args)
     if args.json:
         print(json.dumps([p.as_dict() for p in registry.plugins], indent=2))
     else:
@@ -270,8 +180,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 print(f"\n{p.name}: {p.status}: {p.error}")
         for c in registry.conflicts:
             print(f"\nconflict: {c}")
-    problems = registry.check(strict=_strict(args))
-    return EXIT_CONFIG if problems and _strict(args) else EXIT_OK
+    problems = registry.check(strict=strict_plugins(args))
+    return EXIT_CONFIG if problems and strict_plugins(args) else EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -279,7 +189,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     from collector.schema import config_schema
 
-    text = json.dumps(config_schema(_registry(args)), indent=2)
+    text = json.dumps(config_schema(registry_from_args(args)), indent=2)
     if args.output:
         args.output.write_text(text + "\n", encoding="utf-8")
     else:
@@ -305,7 +215,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from collector.cli.dlq import run_dlq
 
-    found = _load_or_report(args)
+    found = load_or_report(args)
     if found is None:
         return EXIT_CONFIG
     registry, loaded = found
@@ -318,14 +228,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from collector.cli.backfill import run_backfill
     from collector.errors import ConfigError
 
-    found = _load_or_report(args)
+    found = load_or_report(args)
     if found is None:
         return EXIT_CONFIG
     registry, loaded = found
     try:
         return asyncio.run(run_backfill(args, loaded, registry))
     except ConfigError as exc:  # --from/--to, or no pipeline uses the receiver
-        _print_config_error(exc)
+        print_config_error(exc)
         return EXIT_CONFIG
 
 

@@ -15,12 +15,16 @@ import argparse
 import asyncio
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from collector.errors import PermanentError
+
+if TYPE_CHECKING:
+    from collector.components import Meta
 
 
 def read_records(data: bytes) -> list[Any]:
@@ -39,7 +43,7 @@ def _print(record: Any) -> None:
     sys.stdout.write(orjson.dumps(record, default=str).decode() + "\n")
 
 
-def run_expression(expression: str, records: list[Any], meta: dict[str, Any], registry: Any) -> int:
+def run_expression(expression: str, records: list[Any], meta: Meta, registry: Any) -> int:
     from collector.mapping import MappingCompileError, compile_expression, registry_functions
 
     try:
@@ -63,36 +67,38 @@ def run_expression(expression: str, records: list[Any], meta: dict[str, Any], re
 
 
 async def run_pipeline_processors(
-    loaded: Any, registry: Any, pipeline: str, records: list[Any], meta: dict[str, Any], validate: bool
+    loaded: Any, registry: Any, pipeline: str, records: list[Any], meta: Meta, validate: bool
 ) -> int:
-    """Build the pipeline's processors on a throw-away storage directory and run them."""
-    from collector.components import ComponentContext, Processor
-    from collector.runtime.pipeline import VALIDATED, Pipeline
-    from collector.telemetry import Telemetry
+    """Build the pipeline's processors on a throw-away storage directory and run them.
+
+    The output is checked against the event rules of the pipeline's exporters
+    (built, not started), as ``collector run`` would check it; ``validate``
+    False checks nothing.
+    """
+    from collector.events import EventRules, strictest
+    from collector.runtime.layout import StorageLayout
+    from collector.runtime.pipeline import Pipeline
+    from collector.runtime.service import Service
 
     pipes = loaded.raw.service.pipelines
     if pipeline not in pipes:
         print(f"error: no pipeline {pipeline!r} (have: {', '.join(pipes)})", file=sys.stderr)
         return 2
-    telemetry = Telemetry()
-    processors = []
     with tempfile.TemporaryDirectory(prefix="collector-map-") as tmp:
-        for pid in pipes[pipeline].processors:
-            cc = loaded.get("processor", pid)
-            spec = registry.component("processor", cc.type)
-            ctx = ComponentContext(pid, "processor", Path(tmp) / pid.replace("/", "__"), telemetry, registry)
-            proc = spec.factory(ctx, cc.config)
-            assert isinstance(proc, Processor)
-            processors.append(proc)
+        service = Service(loaded, registry, layout=StorageLayout(Path(tmp)))
+        processors = service.build_processors(pipeline)
+        rules: tuple[EventRules, ...] = ()
+        if validate:
+            exporters = [service.build_exporter(eid) for eid in pipes[pipeline].exporters]
+            rules = strictest(r for exporter in exporters for r in exporter.requires)
         for proc in processors:
             await proc.start()
         try:
-            pipe = Pipeline(pipeline, processors, [])
-            run_meta = {"receiver": "collector-map", **meta}
-            if not validate:
-                run_meta[VALIDATED] = True
+            pipe = Pipeline(pipeline, processors, [], rules=rules)
+            if meta.receiver is None:
+                meta = replace(meta, receiver="collector-map")
             try:
-                out = await pipe.prepare(list(records), run_meta)
+                out = await pipe.prepare(list(records), meta)
             except PermanentError as exc:
                 for err in exc.records:
                     where = f" field {err.field!r}" if err.field else ""
@@ -109,7 +115,7 @@ async def run_pipeline_processors(
 
 
 def run_map(args: argparse.Namespace) -> int:
-    from collector.cli.main import _load_or_report, _registry
+    from collector.cli.common import load_or_report, registry_from_args
 
     source = args.input
     data = sys.stdin.buffer.read() if source in (None, "-") else Path(source).read_bytes()
@@ -119,13 +125,19 @@ def run_map(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        meta = orjson.loads(args.meta) if args.meta else {}
+        given = orjson.loads(args.meta) if args.meta else {}
     except orjson.JSONDecodeError as exc:
         print(f"error: --meta is not JSON: {exc}", file=sys.stderr)
         return 2
+    from collector.components import Meta
+
+    if not isinstance(given, dict):
+        print("error: --meta must be a JSON object", file=sys.stderr)
+        return 2
+    meta = Meta.of(given)
     if args.expression is not None:
-        return run_expression(args.expression, records, meta, _registry(args))
-    found = _load_or_report(args)
+        return run_expression(args.expression, records, meta, registry_from_args(args))
+    found = load_or_report(args)
     if found is None:
         return 2
     registry, loaded = found

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from collector.config import parse_endpoint
+from collector.endpoints import parse_endpoint
 from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:

@@ -3,21 +3,36 @@
 One SQLite file per exporter, beside its queue.  An entry keeps the event,
 the reason (``rejected`` with the far side's status and problem body, or
 ``max_age``) and when it happened.  ``collector dlq list|replay|drop`` works on
-it, with or without a running collector (SQLite handles the concurrency).
+it, with or without a running collector (SQLite handles the concurrency; each
+side waits up to ``busy_timeout`` for the other).  See docs/dead-letters.md.
+
+Opening is :mod:`collector.sqlite`, shared with the queue and the state
+store: a file SQLite reports as damaged is moved aside and a fresh one
+started (the damaged one is kept, never deleted); a locked one is never
+moved.  A write that fails because the disk is full raises
+:class:`DeadLetterDiskFullError` (a :class:`~collector.errors.BackpressureError`):
+the caller keeps the events and retries (docs/delivery.md, "Disk full").
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from collector.errors import BackpressureError
+from collector.sqlite import Pragmas, connect, is_disk_full, open_or_move_aside, transaction
+
+log = logging.getLogger("collector.runtime.deadletters")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -29,6 +44,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     event BLOB NOT NULL
 )
 """
+
+
+class DeadLetterDiskFullError(BackpressureError):
+    """The disk is full: nothing was stored; try again when there is room."""
 
 
 @dataclass(frozen=True)
@@ -54,14 +73,21 @@ class DeadLetter:
 class DeadLetterStore:
     """Thread-safe; every write is one transaction with ``synchronous=FULL``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
+        self._pragmas = Pragmas(synchronous="FULL", busy_timeout_s=busy_timeout)
+        self._db, _ = open_or_move_aside(path, self._open, what="dead-letter store", logger=log)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = connect(self.path, self._pragmas)
+        try:
+            conn.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def add(
         self,
@@ -73,19 +99,21 @@ class DeadLetterStore:
     ) -> int:
         now = time.time()
         rows = [(now, reason, status, body, orjson.dumps(e)) for e in events]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO dead_letters (created, reason, status, body, event) VALUES (?,?,?,?,?)", rows
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                # SQLite may already have rolled back (e.g. on a full disk).
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._write() as db:
+            db.executemany("INSERT INTO dead_letters (created, reason, status, body, event) VALUES (?,?,?,?,?)", rows)
         return len(rows)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; a full disk becomes DeadLetterDiskFullError."""
+        with self._lock:
+            try:
+                with transaction(self._db) as db:
+                    yield db
+            except sqlite3.Error as exc:
+                if is_disk_full(exc):
+                    raise DeadLetterDiskFullError(f"dead-letter store {self.path}: {exc}", retry_after=1.0) from exc
+                raise
 
     def count(self) -> int:
         with self._lock:
@@ -135,16 +163,12 @@ class DeadLetterStore:
 
     def delete(self, ids: Iterable[int]) -> int:
         wanted = [(i,) for i in ids]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            cur = self._db.executemany("DELETE FROM dead_letters WHERE id = ?", wanted)
-            self._db.execute("COMMIT")
-            return cur.rowcount
+        with self._write() as db:
+            return db.executemany("DELETE FROM dead_letters WHERE id = ?", wanted).rowcount
 
     def clear(self) -> int:
-        with self._lock:
-            cur = self._db.execute("DELETE FROM dead_letters")
-            return cur.rowcount
+        with self._write() as db:
+            return db.execute("DELETE FROM dead_letters").rowcount
 
     def close(self) -> None:
         with self._lock:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.clock import Clock, SystemClock
 from collector.components import (
@@ -27,50 +25,31 @@ from collector.components import (
     Receiver,
 )
 from collector.config import LoadedConfig
-from collector.runtime.deadletters import DeadLetterStore
-from collector.runtime.sender import ExporterRunner
 from collector.errors import ConfigError
+from collector.mapping import registry_functions
+from collector.runtime.deadletters import DeadLetterStore
+from collector.runtime.layout import StorageLayout
 from collector.runtime.pipeline import Pipeline, ReceiverFanout
-from collector.plugins import Registry
 from collector.runtime.queue import BatchQueue
+from collector.runtime.sender import ExporterRunner
 from collector.telemetry import Telemetry
+
+if TYPE_CHECKING:  # the runtime gets a registry; it never loads plugins itself
+    from collector.plugins import Registry
 
 log = logging.getLogger("collector.runtime.service")
 
 
-def safe_name(component_id: str) -> str:
-    """A component id as a directory name (``openmeter/eu`` -> ``openmeter__eu``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", component_id.replace("/", "__"))
-
-
-def exporter_dir(storage: Path, exporter_id: str) -> Path:
-    return storage / "exporters" / safe_name(exporter_id)
-
-
-def deadletter_path(storage: Path, exporter_id: str) -> Path:
-    return exporter_dir(storage, exporter_id) / "deadletter.sqlite"
-
-
-def make_queue(storage: Path, exporter_id: str, config: ExporterConfig) -> BatchQueue:
-    q = config.queue
-    if q.kind == "memory":
-        from collector.runtime.queue.memory import MemoryQueue
-
-        return MemoryQueue(max_bytes=q.max_bytes)
-    from collector.runtime.queue.sqlite import DurableQueue
-
-    return DurableQueue(
-        exporter_dir(storage, exporter_id) / "queue",
-        max_bytes=q.max_bytes,
-        durability=q.durability,
-        commit_wait_ms=q.commit_wait_ms,
-        commit_max_events=q.commit_max_events,
-        min_free_bytes=q.min_free_bytes,
-    )
-
-
 class Service:
-    """One running configuration."""
+    """One running configuration, and the one place that builds its parts.
+
+    ``collector run`` builds everything with :meth:`build`; the other commands
+    build only what they need through the same methods (``dlq replay``:
+    :meth:`build_exporter_runner`; ``map``: :meth:`build_processors`;
+    ``backfill``: a whole service on :meth:`StorageLayout.for_backfill`), so a
+    component gets the same context and storage directory whichever command
+    builds it.
+    """
 
     def __init__(
         self,
@@ -79,12 +58,17 @@ class Service:
         *,
         telemetry: Telemetry | None = None,
         clock: Clock | None = None,
+        layout: StorageLayout | None = None,
     ) -> None:
         self.loaded = loaded
         self.registry = registry
+        # Components get the mapping functions, not the registry (collector.components.ComponentContext).
+        self._functions = registry_functions(registry)
         self.telemetry = telemetry or Telemetry()
+        self.telemetry.redactor.add(*loaded.secrets())
         self.clock = clock or SystemClock()
-        self.storage = loaded.raw.storage.directory
+        self.layout = layout or StorageLayout(loaded.raw.storage.directory)
+        self.storage = self.layout.root
         self.receivers: dict[str, Receiver[Any]] = {}
         self.processors: dict[tuple[str, str], Processor[Any]] = {}  # (pipeline, id)
         self.exporters: dict[str, ExporterRunner] = {}
@@ -96,27 +80,89 @@ class Service:
 
     # -- assembly -----------------------------------------------------------------
 
-    def _context(self, kind: str, cid: str, subdir: Path) -> ComponentContext:
+    def context(self, kind: str, cid: str, *, pipeline: str | None = None) -> ComponentContext:
+        """What a component's factory gets: its id, its directory in the layout, the shared services."""
         return ComponentContext(
             id=cid,
             kind=kind,
-            storage_dir=subdir,
+            storage_dir=self.layout.component_dir(kind, cid, pipeline),
             telemetry=self.telemetry,
-            registry=self.registry,
+            functions=self._functions,
             clock=self.clock,
             coordinator=self.coordinator,
         )
 
-    def _build(self, kind: str, cid: str, subdir: Path) -> Component[Any]:
+    def _build(self, kind: str, cid: str, *, pipeline: str | None = None) -> Component[Any]:
         cc = self.loaded.get(kind, cid)
         spec = self.registry.component(cc.kind, cc.type)
         try:
-            component = spec.factory(self._context(kind, cid, subdir), cc.config)
+            component = spec.factory(self.context(kind, cid, pipeline=pipeline), cc.config)
         except ConfigError as exc:
             raise ConfigError(exc.message, exc.path or f"{kind}s.{cid}") from None
         if not isinstance(component, Component):
             raise ConfigError(f"factory of {kind} type {cc.type!r} returned {component!r}", f"{kind}s.{cid}")
         return component
+
+    def _queue(self, eid: str, config: ExporterConfig) -> BatchQueue:
+        q = config.queue
+        if q.kind == "memory":
+            from collector.runtime.queue.memory import MemoryQueue
+
+            return MemoryQueue(max_bytes=q.max_bytes)
+        from collector.runtime.queue.sqlite import DurableQueue
+
+        return DurableQueue(
+            self.layout.exporter_queue(eid),
+            max_bytes=q.max_bytes,
+            durability=q.durability,
+            commit_wait_ms=q.commit_wait_ms,
+            commit_max_events=q.commit_max_events,
+            min_free_bytes=q.min_free_bytes,
+        )
+
+    def build_exporter(self, eid: str) -> Exporter[Any]:
+        """The exporter ``eid`` alone, not started (``collector map`` asks it for its event rules)."""
+        exporter = self._build("exporter", eid)
+        assert isinstance(exporter, Exporter)
+        return exporter
+
+    def build_exporter_runner(self, eid: str, *, replay: bool = False) -> ExporterRunner:
+        """The exporter ``eid`` with its queue, dead letters and sender (not started).
+
+        ``replay`` is for ``collector dlq replay``: an unbounded memory queue
+        that the caller fills, batches sent as soon as they are formed, and
+        events rejected again dead-lettered into the same store.
+        """
+        exporter = self._build("exporter", eid)
+        assert isinstance(exporter, Exporter)
+        cfg = exporter.config
+        if not isinstance(cfg, ExporterConfig):
+            raise ConfigError("exporter config models must subclass ExporterConfig", f"exporters.{eid}")
+        if replay:
+            from collector.runtime.queue.memory import MemoryQueue
+
+            cfg = cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"period": 0.0})})
+            queue: BatchQueue = MemoryQueue(max_bytes=1 << 40)
+        else:
+            queue = self._queue(eid, cfg)
+        return ExporterRunner(
+            eid,
+            exporter,
+            cfg,
+            queue,
+            DeadLetterStore(self.layout.exporter_deadletters(eid)),
+            self.telemetry.metrics,
+            clock=self.clock,
+        )
+
+    def build_processors(self, pipeline: str) -> list[Processor[Any]]:
+        """The processors of ``pipeline``, in order, each on its per-pipeline directory (not started)."""
+        out = []
+        for pid in self.loaded.raw.service.pipelines[pipeline].processors:
+            proc = self._build("processor", pid, pipeline=pipeline)
+            assert isinstance(proc, Processor)
+            out.append(proc)
+        return out
 
     def build(self) -> None:
         """Instantiate every component a pipeline uses (no I/O beyond mkdir)."""
@@ -124,42 +170,23 @@ class Service:
         self.storage.mkdir(parents=True, exist_ok=True)
         # First: pull receivers ask it who leads.
         if raw.service.coordinator:
-            coord = self._build(
-                "coordinator",
-                raw.service.coordinator,
-                self.storage / "coordinators" / safe_name(raw.service.coordinator),
-            )
+            coord = self._build("coordinator", raw.service.coordinator)
             assert isinstance(coord, Coordinator)
             self.coordinator = coord
         for name, pipe in raw.service.pipelines.items():
             runners = []
             for eid in pipe.exporters:
                 if eid not in self.exporters:
-                    exporter = self._build("exporter", eid, exporter_dir(self.storage, eid))
-                    assert isinstance(exporter, Exporter)
-                    cfg = exporter.config
-                    if not isinstance(cfg, ExporterConfig):
-                        raise ConfigError("exporter config models must subclass ExporterConfig", f"exporters.{eid}")
-                    self.exporters[eid] = ExporterRunner(
-                        eid,
-                        exporter,
-                        cfg,
-                        make_queue(self.storage, eid, cfg),
-                        DeadLetterStore(deadletter_path(self.storage, eid)),
-                        self.telemetry.metrics,
-                    )
+                    self.exporters[eid] = self.build_exporter_runner(eid)
                 runners.append(self.exporters[eid])
-            procs = []
-            for pid in pipe.processors:
-                proc = self._build("processor", pid, self.storage / "processors" / safe_name(pid) / name)
-                assert isinstance(proc, Processor)
+            procs = self.build_processors(name)
+            for pid, proc in zip(pipe.processors, procs, strict=True):
                 self.processors[(name, pid)] = proc
-                procs.append(proc)
             self.pipelines[name] = Pipeline(name, procs, runners)
         for pipe in raw.service.pipelines.values():
             for rid in pipe.receivers:
                 if rid not in self.receivers:
-                    rec = self._build("receiver", rid, self.storage / "receivers" / safe_name(rid))
+                    rec = self._build("receiver", rid)
                     assert isinstance(rec, Receiver)
                     self.receivers[rid] = rec
         for rid, rec in self.receivers.items():

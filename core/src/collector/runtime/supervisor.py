@@ -18,13 +18,16 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from collector.runtime.admin import AdminServer
 from collector.config import LoadedConfig
 from collector.errors import ConfigError
-from collector.plugins import Registry
+from collector.runtime.admin import AdminServer
 from collector.runtime.service import Service
 from collector.telemetry import Telemetry, setup_logging
+
+if TYPE_CHECKING:  # the runtime gets a registry; it never loads plugins itself
+    from collector.plugins import Registry
 
 log = logging.getLogger("collector.runtime.supervisor")
 
@@ -62,7 +65,6 @@ class Runtime:
             await self.admin.start()
 
     async def _start_service(self, loaded: LoadedConfig) -> None:
-        self.telemetry.redactor.add(*loaded.secrets())
         service = Service(loaded, self.registry, telemetry=self.telemetry)
         await service.start()
         self.service = service

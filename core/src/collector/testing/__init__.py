@@ -1,13 +1,18 @@
 """Testing kit for plugin authors (a pytest plugin, entry point ``pytest11``).
 
-Import what you need::
+The fixtures (``collector_run_pipeline``, ``collector_storage``,
+``collector_fake_clock``, ``collector_registry``) need no import; the helpers
+do::
 
-    from collector.testing import run_pipeline, MemoryExporter, ScriptedReceiver, FakeClock
+    from collector.testing import eventually, testing_registry, MemoryExporter
+
+See docs/plugin-authors.md, "Testing".
 """
 
 from collector.clock import FakeClock
 from collector.testing.components import MemoryExporter, ScriptedReceiver, TestingPlugin
 from collector.testing.harness import RunningPipeline, run_pipeline, testing_registry
+from collector.testing.waiting import eventually, eventually_sync
 
 __all__ = [
     "FakeClock",
@@ -15,6 +20,8 @@ __all__ = [
     "RunningPipeline",
     "ScriptedReceiver",
     "TestingPlugin",
+    "eventually",
+    "eventually_sync",
     "run_pipeline",
     "testing_registry",
 ]

@@ -7,17 +7,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from collector.components import Event, Exporter, ExporterConfig, QueueSettings, Receiver
+from collector.components import Acceptance, Event, Exporter, ExporterConfig, Meta, QueueSettings, Receiver
+from collector.events import OPENMETER
 from collector.hookspecs import hookimpl
 from collector.specs import ComponentSpec
+from collector.testing.waiting import eventually
 
 
 def _memory_queue() -> QueueSettings:
@@ -35,6 +35,9 @@ class MemoryExporter(Exporter[MemoryExporterConfig]):
     (or callables returning one) raised by the next export calls, in order."""
 
     instances: dict[str, MemoryExporter] = {}
+    # It stands in for the OpenMeter exporter in tests, so a pipeline to it
+    # refuses what production would refuse.
+    requires = (OPENMETER,)
 
     def __init__(self, ctx: Any, config: MemoryExporterConfig) -> None:
         super().__init__(ctx, config)
@@ -60,11 +63,13 @@ class MemoryExporter(Exporter[MemoryExporterConfig]):
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Event]:
         """Wait until at least ``count`` events arrived (they arrive on another thread)."""
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.id}: expected {count} events, got {len(self.events)} in {timeout}s")
-            await asyncio.sleep(0.01)
+
+        def arrived() -> bool:
+            got = len(self.events)
+            assert got >= count, f"{self.id}: expected {count} events, got {got}"
+            return True
+
+        await eventually(arrived, timeout=timeout)
         return self.events
 
 
@@ -86,9 +91,9 @@ class ScriptedReceiver(Receiver[ScriptedReceiverConfig]):
         for batch in self.config.batches:
             await self.emit(batch)
 
-    async def send(self, events: list[Event], meta: dict[str, Any] | None = None) -> None:
+    async def send(self, events: list[Event], meta: Meta | None = None, *, partial: bool = False) -> Acceptance:
         """Emit like a real receiver; raises what the pipeline raised."""
-        await self.emit(events, meta)
+        return await self.emit(events, meta, partial=partial)
 
 
 class TestingPlugin:

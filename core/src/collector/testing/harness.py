@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from collector.clock import Clock
+from collector.components import Component
 from collector.config import load_config
 from collector.plugins import PluginSelection, Registry, load_registry
 from collector.runtime.service import Service
@@ -36,6 +38,29 @@ class RunningPipeline:
         exp = self.service.exporters[eid].exporter
         assert isinstance(exp, MemoryExporter), f"{eid} is not a memory exporter"
         return exp
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` (as ``/metrics`` shows it) whose labels include ``labels``.
+
+        ``p.metric("collector_exporter_retries_total", exporter="acme")``; 0.0 when there is none yet.
+        """
+        total = 0.0
+        for family in self.service.telemetry.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def component(self, cid: str) -> Component[Any]:
+        """The receiver, exporter or processor with id ``cid`` (e.g. to read its ``health()``)."""
+        if cid in self.service.receivers:
+            return self.service.receivers[cid]
+        if cid in self.service.exporters:
+            return self.service.exporters[cid].exporter
+        for (_pipeline, pid), processor in self.service.processors.items():
+            if pid == cid:
+                return processor
+        raise KeyError(f"no component {cid!r} in this pipeline")
 
 
 @asynccontextmanager

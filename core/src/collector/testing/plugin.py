@@ -1,14 +1,18 @@
 """pytest plugin of the testing kit (entry point ``pytest11``: ``collector``).
 
-Fixtures:
+Every fixture is named ``collector_*``, and the kit's fixtures depend only on
+each other, so a project's own ``storage_dir`` or ``fake_clock`` fixture
+neither clashes with the kit nor changes what the kit's fixtures do
+(docs/plugin-authors.md, "Testing"):
 
-* ``storage_dir``: a fresh storage directory;
-* ``fake_clock``: a :class:`collector.clock.FakeClock`;
+* ``collector_storage``: a fresh storage directory;
+* ``collector_fake_clock``: a :class:`collector.clock.FakeClock`;
 * ``collector_registry``: built-ins plus the ``memory`` exporter and
   ``scripted`` receiver;
-* ``run_pipeline``: ``async with run_pipeline(yaml) as p:`` starts a service
-  from a YAML snippet on ``storage_dir``; ``p.receiver()``/``p.exporter()``
-  give the scripted receiver and memory exporter.
+* ``collector_run_pipeline``: ``async with collector_run_pipeline(yaml) as p:``
+  starts a service from a YAML snippet on ``collector_storage``;
+  ``p.receiver()``/``p.exporter()`` give the scripted receiver and memory
+  exporter.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ from collector.clock import FakeClock
 
 
 @pytest.fixture
-def storage_dir(tmp_path: Path) -> Path:
+def collector_storage(tmp_path: Path) -> Path:
     path = tmp_path / "storage"
     path.mkdir()
     return path
 
 
 @pytest.fixture
-def fake_clock() -> FakeClock:
+def collector_fake_clock() -> FakeClock:
     return FakeClock()
 
 
@@ -42,10 +46,10 @@ def collector_registry() -> Any:
 
 
 @pytest.fixture
-def run_pipeline(storage_dir: Path) -> Callable[..., Any]:
+def collector_run_pipeline(collector_storage: Path) -> Callable[..., Any]:
     from collector.testing.harness import run_pipeline as _run
 
     def runner(yaml_text: str, **kwargs: Any) -> Any:
-        return _run(yaml_text, kwargs.pop("storage_dir", storage_dir), **kwargs)
+        return _run(yaml_text, kwargs.pop("storage_dir", collector_storage), **kwargs)
 
     return runner

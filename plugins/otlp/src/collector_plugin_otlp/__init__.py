@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.hookspecs import hookimpl
-from collector.specs import ComponentSpec
+from collector.api import ComponentContext, ComponentSpec, Receiver, hookimpl
 from collector_plugin_otlp.config import OtlpReceiverConfig
 
 __all__ = ["OtlpReceiverConfig", "collector_receivers"]
 
 
-def _make_receiver(ctx: Any, config: OtlpReceiverConfig) -> Any:
+def _make_receiver(ctx: ComponentContext, config: OtlpReceiverConfig) -> Receiver[OtlpReceiverConfig]:
     from collector_plugin_otlp.receiver import OtlpReceiver
 
     return OtlpReceiver(ctx, config)
 
 
 @hookimpl
-def collector_receivers() -> list[ComponentSpec]:
+def collector_receivers() -> list[ComponentSpec[Any]]:
     return [
         ComponentSpec(
             "receiver",

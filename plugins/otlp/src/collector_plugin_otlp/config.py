@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.builtin.http.config import AuthConfig, TlsConfig
-from collector.config import parse_endpoint
-from collector.functions import parse_duration
+from collector.api import AuthConfig, ByteSize, Duration, TlsConfig, parse_endpoint
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -36,8 +34,8 @@ class HttpConfig(_Strict):
 
     endpoint: str = Field("127.0.0.1:4318", description="host:port to listen on (0.0.0.0:4318 in containers).")
     tls: TlsConfig | None = Field(None, description="Serve HTTPS when set.")
-    read_timeout: float = Field(
-        30.0, gt=0, description="Seconds a client may take to send its body before it gets 408."
+    read_timeout: Duration = Field(
+        30.0, gt=0, description="How long a client may take to send its body before it gets 408 (30s, 1m)."
     )
 
 
@@ -55,22 +53,13 @@ class MetricsConfig(_Strict):
         description="The first point of a series never seen before: keep counts its whole cumulative value as "
         "usage (since its start_time); drop only remembers it as the baseline.",
     )
-    series_ttl: float | None = Field(
+    series_ttl: Duration | None = Field(
         None,
+        gt=0,
         description="Forget a series not seen for this long (a duration such as 30d, or seconds). Unset: never "
         "forget. A forgotten series that comes back counts as new (see initial_value), so keep it longer than "
         "any silence of a live series.",
     )
-
-    @field_validator("series_ttl", mode="before")
-    @classmethod
-    def _ttl(cls, v: Any) -> Any:
-        if v is None:
-            return None
-        seconds = parse_duration(v)
-        if seconds is None or seconds <= 0:
-            raise ValueError("must be a positive duration such as 30d, 720h or 2592000")
-        return seconds
 
 
 class OtlpReceiverConfig(_Strict):
@@ -82,12 +71,12 @@ class OtlpReceiverConfig(_Strict):
         default_factory=AuthConfig,
         description="Require `Authorization: Bearer <token>` (HTTP header or gRPC metadata) when set.",
     )
-    max_message_bytes: int = Field(
+    max_message_bytes: ByteSize = Field(
         DEFAULT_MAX_MESSAGE_BYTES,
         gt=0,
         le=1024 * 1024 * 1024,
-        description="Largest request, on the wire and after gzip decompression; larger ones get HTTP 413 or gRPC "
-        "RESOURCE_EXHAUSTED.",
+        description="Largest request, on the wire and after gzip decompression (4MiB, 16MiB or bytes); larger ones "
+        "get HTTP 413 or gRPC RESOURCE_EXHAUSTED.",
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="How metric points become records.")
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collector.state import StateStore
+from collector.api import StateStore
 from collector_plugin_otlp.records import MetricPoint, rfc3339
 
 STATE_FILE = "otlp-delta.sqlite"

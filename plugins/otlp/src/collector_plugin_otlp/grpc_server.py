@@ -27,11 +27,10 @@ from typing import Any, NoReturn
 import grpc
 from grpc import aio
 
-from collector.config import parse_endpoint
-from collector.errors import BackpressureError, ConfigError
+from collector.api import BackpressureError, ConfigError, parse_endpoint
+from collector_plugin_otlp.closing import Closing
 from collector_plugin_otlp.config import GrpcConfig
 from collector_plugin_otlp.decode import SIGNALS, DecodeError, Signal, parse_protobuf, response, retry_info, status
-from collector_plugin_otlp.receiver import Closing
 
 SHUTDOWN_GRACE = 5.0
 

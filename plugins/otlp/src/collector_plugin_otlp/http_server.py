@@ -26,11 +26,10 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 
-from collector.config import parse_endpoint
-from collector.errors import BackpressureError
+from collector.api import BackpressureError, parse_endpoint
+from collector_plugin_otlp.closing import Closing
 from collector_plugin_otlp.config import HttpConfig
 from collector_plugin_otlp.decode import CODES, SIGNALS, DecodeError, Encoding, Signal, encode, parse, response, status
-from collector_plugin_otlp.receiver import Closing
 
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 JSON_TYPE = "application/json"

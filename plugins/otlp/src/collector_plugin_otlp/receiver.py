@@ -5,16 +5,15 @@ Both transports decode the request (:mod:`.decode`), then call
 :mod:`.delta` for cumulative metrics) and emits them.  The answer is sent only
 after ``emit`` returned, i.e. after every target queue committed.
 
-Partial success.  The pipeline refuses a batch as a whole, naming the records
-that failed (a mapping that raised, an event that breaks OpenMeter's rules).
-OTLP, on the other hand, lets a server accept part of a request.  So when
-``emit`` raises :class:`~collector.errors.PermanentError` naming records, the
-receiver emits the batch again without them (at most ``MAX_PASSES`` times,
-for records that only a later step refuses), and answers success with
-``partial_success``: how many log records / data points / spans were rejected
-and the first reason.  Records that a mapping drops on purpose (returns None)
-are not rejections.  Only the accepted records are committed; the rejected
-ones are not retried by the client (OTLP says so) and are counted in
+Partial success.  OTLP lets a server accept part of a request, so the
+receiver emits with ``partial=True``: the pipelines commit the records they
+accept, once, and return the ones they refused (a mapping that raised, an
+event that breaks the exporters' event rules) with their reasons
+(docs/plugin-authors.md, "Event rules and partial acceptance").  The answer is
+a success with ``partial_success``: how many log records / data points / spans
+were rejected and the first reason.  Records that a mapping drops on purpose
+(returns None) are not rejections.  The rejected records are not retried by
+the client (OTLP says so) and are counted in
 ``collector_receiver_refused_events_total{reason="invalid"}``.
 """
 
@@ -26,20 +25,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from collector.builtin.http.config import BearerAuth
-from collector.components import Receiver
-from collector.errors import PermanentError
+from collector.api import Acceptance, BearerAuth, Meta, Receiver
+from collector_plugin_otlp.closing import Closing
 from collector_plugin_otlp.config import OtlpReceiverConfig
 from collector_plugin_otlp.decode import SIGNALS, Signal
 from collector_plugin_otlp.delta import DeltaState
 from collector_plugin_otlp.records import log_records, metric_points, span_records
 
-MAX_PASSES = 4
 RECORD_SIGNAL = {"logs": "log", "metrics": "metric", "traces": "span"}
-
-
-class Closing(Exception):
-    """The receiver is shutting down: the client should retry (elsewhere or later)."""
 
 
 @dataclass(frozen=True)
@@ -166,16 +159,16 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
             task.exception()  # retrieved here: the caller may have gone away
 
     async def _export(self, signal: Signal, message: Any, transport: str) -> Outcome:
-        meta = {"signal": RECORD_SIGNAL[signal], "transport": transport}
+        meta = Meta(receiver=self.id, extra={"signal": RECORD_SIGNAL[signal], "transport": transport})
         if signal == "metrics":
             return await self._export_metrics(message, meta)
         records = log_records(message) if signal == "logs" else span_records(message)
         if not records:
             return Outcome()
-        rejected, first = await self._commit(records, meta)
-        return _outcome(signal, rejected, None, len(records), first)
+        result = await self.emit(records, meta, partial=True)
+        return _outcome(signal, result, None, len(records))
 
-    async def _export_metrics(self, message: Any, meta: dict[str, Any]) -> Outcome:
+    async def _export_metrics(self, message: Any, meta: Meta) -> Outcome:
         points, total = metric_points(message)
         delta = self.delta
         keys = {p.series for p in points if p.cumulative} if delta is not None else set()
@@ -184,25 +177,25 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
             origins: list[int | None] = [p.index for p in points]
             if not records:
                 return Outcome()
-            rejected, first = await self._commit(records, meta)
-            return _outcome("metrics", rejected, origins, total, first)
+            result = await self.emit(records, meta, partial=True)
+            return _outcome("metrics", result, origins, total)
         async with self._hold(keys):
             now = self.ctx.clock.time()
             stored = await asyncio.to_thread(delta.read, keys, now)
             plan = delta.plan(points, stored)
             await asyncio.to_thread(delta.write, plan, now)
             try:
-                rejected, first = await self._commit(plan.records, meta) if plan.records else (set(), None)
+                result = await self.emit(plan.records, meta, partial=True) if plan.records else Acceptance(0)
             except BaseException:
                 # Not known to be committed, nor known not to be (with several
                 # exporters, one queue may have committed): replay later.
                 delta.mark_in_doubt(plan)
                 raise
             try:
-                await asyncio.to_thread(delta.settle, plan, rejected, now)
+                await asyncio.to_thread(delta.settle, plan, set(result.rejected_indexes), now)
             except Exception:
                 self.log.exception("otlp receiver %s: could not restore the state of refused series", self.id)
-        return _outcome("metrics", rejected, plan.origins, total, first)
+        return _outcome("metrics", result, plan.origins, total)
 
     @asynccontextmanager
     async def _hold(self, keys: set[str]) -> AsyncIterator[None]:
@@ -219,62 +212,21 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
                 self._busy -= keys
                 cond.notify_all()
 
-    async def _commit(
-        self, records: list[dict[str, Any]], meta: dict[str, Any]
-    ) -> tuple[set[int], tuple[int | None, str] | None]:
-        """Emit ``records``, leaving out the ones the pipeline refuses.
 
-        Returns the indexes of the refused records and the first reason
-        (record index, message); raises what is not a refusal of records.
-        """
-        remaining = list(range(len(records)))
-        rejected: set[int] = set()
-        first: tuple[int | None, str] | None = None
-        for _ in range(MAX_PASSES):
-            batch = [records[i] for i in remaining] if rejected else records
-            try:
-                await self.emit(batch, meta)
-                return rejected, first
-            except PermanentError as exc:
-                bad = {remaining[e.index] for e in exc.records if 0 <= e.index < len(remaining)}
-                if first is None:
-                    first = _first_reason(exc, remaining)
-                if not bad:  # the refusal names no record: nothing of this batch can go
-                    bad = set(remaining)
-                rejected |= bad
-                remaining = [i for i in remaining if i not in bad]
-                if not remaining:
-                    return rejected, first
-        rejected.update(remaining)
-        return rejected, first
-
-
-def _first_reason(exc: PermanentError, remaining: list[int]) -> tuple[int | None, str]:
-    """The first refused record (an index into the emitted records) and why."""
-    for e in exc.records:
-        if 0 <= e.index < len(remaining):
-            where = f" field {e.field!r}" if e.field else ""
-            return remaining[e.index], f"{where}: {e.message}"
-    return None, f": {exc.message}"
-
-
-def _outcome(
-    signal: Signal,
-    rejected: set[int],
-    origins: list[int | None] | None,
-    total: int,
-    first: tuple[int | None, str] | None,
-) -> Outcome:
-    if not rejected:
+def _outcome(signal: Signal, result: Acceptance, origins: list[int | None] | None, total: int) -> Outcome:
+    """The answer's ``partial_success``: items of the request refused (``origins`` maps
+    emitted records to them; None when they are the same), and the first reason."""
+    if not result.rejected:
         return Outcome()
     item = SIGNALS[signal].item
+    rejected = result.rejected_indexes
     # replayed records (origin None) are not items of this request
     count = len(rejected) if origins is None else len({origins[i] for i in rejected if origins[i] is not None})
     if not count:
         return Outcome()
-    index, reason = first if first is not None else (None, ": refused by the pipeline")
-    if index is not None and origins is not None:
-        index = origins[index]
+    first = next(e for e in result.rejected if origins is None or origins[e.index] is not None)
+    index: int | None = first.index if origins is None else origins[first.index]
+    reason = f"{f' field {first.field!r}' if first.field else ''}: {first.message}"
     where = f"{item} {index}" if index is not None else "first"
     rest = "(the rest were accepted)" if count < total else "(none was accepted)"
     message = f"{count} of {total} {item}s rejected by the collector's pipeline {rest}; {where}{reason}"

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.hookspecs import hookimpl
-from collector.specs import ComponentSpec
+from collector.api import ComponentContext, ComponentSpec, Receiver, hookimpl
 from collector_plugin_prometheus.config import PrometheusReceiverConfig, QueryConfig
 
 __all__ = ["PrometheusReceiverConfig", "QueryConfig", "collector_receivers"]
 
 
-def _make_receiver(ctx: Any, config: PrometheusReceiverConfig) -> Any:
+def _make_receiver(ctx: ComponentContext, config: PrometheusReceiverConfig) -> Receiver[PrometheusReceiverConfig]:
     from collector_plugin_prometheus.receiver import PrometheusReceiver
 
     return PrometheusReceiver(ctx, config)
 
 
 @hookimpl
-def collector_receivers() -> list[ComponentSpec]:
+def collector_receivers() -> list[ComponentSpec[Any]]:
     return [
         ComponentSpec(
             "receiver",

@@ -7,14 +7,19 @@ pydantic and the core's schedule settings only, no aiohttp.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from collector.functions import parse_duration
-from collector.pull import ScheduleConfig
+from collector.api import (
+    Duration,
+    FunctionMap,
+    HttpClientConfig,
+    HttpUrl,
+    ScheduleConfig,
+    compile_expression,
+    format_duration,
+)
 
 #: Placeholders replaced in a query before it is sent, and the query types that allow each.
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
@@ -26,19 +31,6 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # PromQL string literals, where braces are text (a label value "{b}"), not placeholders.
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-# Header names whose values are credentials: registered with the log redactor.
-_SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|cookie|password", re.IGNORECASE)
-
-
-def seconds(value: str | float, what: str) -> float:
-    """A duration in seconds, or ValueError naming ``what``."""
-    try:
-        result = parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
-    if result is None or result <= 0:
-        raise ValueError(f"{what} must be positive, got {value!r}")
-    return result
 
 
 def prometheus_duration(value: float) -> str:
@@ -74,21 +66,15 @@ class QueryConfig(BaseModel):
         description="instant: evaluated once, at the window end (one record per series). range: evaluated every "
         "`step` from window start + step to window end (one record per series and sample).",
     )
-    step: str | None = Field(
+    step: Duration | None = Field(
         None,
+        gt=0,
         description="Resolution of a range query (e.g. 1m); required for type range, not allowed for instant. "
         "It must divide the window length.",
     )
     subject_label: str | None = Field(
         None, description="Series label holding the subject for this query; overrides the receiver's subject_label."
     )
-
-    @field_validator("step")
-    @classmethod
-    def _step(cls, v: str | None) -> str | None:
-        if v is not None:
-            seconds(v, "step")
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> QueryConfig:
@@ -108,7 +94,7 @@ class QueryConfig(BaseModel):
         return self
 
     def step_seconds(self) -> float | None:
-        return seconds(self.step, "step") if self.step is not None else None
+        return self.step
 
     def render(self, window_seconds: float) -> str:
         """The PromQL with its placeholders replaced for a window of ``window_seconds``."""
@@ -120,16 +106,21 @@ class QueryConfig(BaseModel):
         return text
 
 
-class PrometheusReceiverConfig(ScheduleConfig):
-    """Evaluate PromQL queries for every time window and turn the results into CloudEvents."""
+class PrometheusReceiverConfig(HttpClientConfig, ScheduleConfig):
+    """Evaluate PromQL queries for every time window and turn the results into CloudEvents.
 
-    url: str = Field(
+    Timeout, headers, credentials and TLS verification are the HTTP client
+    settings every component shares (collector.api.HttpClientConfig).
+    """
+
+    url: HttpUrl = Field(
         description="Base URL of the Prometheus HTTP API (Prometheus, Thanos Query, Mimir/Cortex with their "
         "prefix, e.g. http://mimir:8080/prometheus). /api/v1/query and /api/v1/query_range are appended.",
     )
     queries: list[QueryConfig] = Field(description="The queries evaluated for every window.", min_length=1)
-    offset: str = Field(
-        "1m",
+    offset: Duration = Field(
+        60.0,
+        ge=0,
         description="Wait this long after a window ends before querying it, so that the last scrapes (and "
         "remote-write lag) are in. Raise it for slow pipelines.",
     )
@@ -155,35 +146,10 @@ class PrometheusReceiverConfig(ScheduleConfig):
         description="Most series one query may return for one window; more fails the window (naming the query) "
         "instead of flooding the queue. Aggregate with sum by (...) or raise it.",
     )
-    timeout: str = Field("30s", description="Time limit of one query (sent to Prometheus and enforced locally).")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
-    username: str | None = Field(None, description="Basic authentication user.")
-    password: SecretStr | None = Field(None, description="Basic authentication password.")
-    token: SecretStr | None = Field(None, description="Bearer token (use ${PROMETHEUS_TOKEN}).")
-    token_file: Path | None = Field(
-        None, description="Read the bearer token from this file before every window (rotated service-account tokens)."
+    timeout: Duration = Field(
+        30.0, gt=0, description="Time limit of one query (sent to Prometheus and enforced locally)."
     )
     tenant: str | None = Field(None, description="Tenant id sent as X-Scope-OrgID (Mimir, Cortex, Loki-style proxies).")
-    ca_file: Path | None = Field(None, description="CA bundle to verify the server with.")
-    insecure_skip_verify: bool = Field(False, description="Do not verify the server certificate (testing only).")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc or not parts.hostname:
-            raise ValueError(f"{v!r} is not an http(s) URL (for example http://prometheus:9090)")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("put credentials in username/password or token, not in the URL")
-        if parts.query or parts.fragment:
-            raise ValueError(f"{v!r}: the base URL takes no query string or fragment")
-        return v.rstrip("/")
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v: str) -> str:
-        seconds(v, "timeout")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> PrometheusReceiverConfig:
@@ -191,37 +157,23 @@ class PrometheusReceiverConfig(ScheduleConfig):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"query names must be unique; repeated: {', '.join(dupes)}")
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("set token or token_file, not both")
-        if (self.password is not None) and self.username is None:
-            raise ValueError("password needs a username")
-        if self.username is not None and (self.token is not None or self.token_file is not None):
-            raise ValueError("use basic authentication (username/password) or a bearer token, not both")
-        auth_set = self.username is not None or self.token is not None or self.token_file is not None
-        if auth_set and any(h.lower() == "authorization" for h in self.headers):
-            raise ValueError("headers.Authorization conflicts with username/token; set one of them")
         if self.cron is None:  # cron windows vary; those are checked per window
-            interval = self.interval or "60s"
-            window = seconds(interval, "interval")
+            window = self.interval or 60.0
             for q in self.queries:
                 step = q.step_seconds()
                 if step is not None and not divides(step, window):
                     raise ValueError(
-                        f"query {q.name!r}: step {q.step} does not divide the window (interval {interval})"
+                        f"query {q.name!r}: step {format_duration(step)} does not divide the window "
+                        f"(interval {format_duration(window)})"
                     )
         return self
 
-    def check_with_registry(self, registry: Any) -> None:
+    def check_with_functions(self, functions: FunctionMap) -> None:
         if self.mapping is not None:
-            from collector.mapping import compile_expression, registry_functions
-
-            compile_expression(self.mapping, registry_functions(registry), path="mapping")
+            compile_expression(self.mapping, functions, path="mapping")
 
     def timeout_seconds(self) -> float:
-        return seconds(self.timeout, "timeout")
-
-    def sensitive_header_values(self) -> list[str]:
-        return [v for k, v in self.headers.items() if _SENSITIVE_HEADER.search(k)]
+        return self.timeout
 
 
 def divides(step: float, window: float) -> bool:

@@ -16,41 +16,29 @@ events are committed.  This module only turns one window into records:
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import ssl
-import weakref
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter
 
-from collector.events import format_time
-from collector.errors import AuthError, ConfigError, RetryableError
-from collector.mapping import CompiledMapping, compile_expression, registry_functions
-from collector.pull import PullReceiver, Window
+from collector.api import (
+    AuthError,
+    CompiledMapping,
+    Meta,
+    PullReceiver,
+    RetryableError,
+    Window,
+    compile_expression,
+    format_duration,
+    format_time,
+)
 from collector_plugin_prometheus.config import PrometheusReceiverConfig, QueryConfig, divides, prometheus_duration
 from collector_plugin_prometheus.results import PrometheusAPIError, QueryResult, parse_response
 
 # Connections per receiver, which also bounds how many queries of a window run at once.
 MAX_CONNECTIONS = 4
-
-_DROPPED: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-
-
-def dropped_counter(registry: CollectorRegistry) -> Counter:
-    """``collector_prometheus_dropped_series_total{receiver, query, reason}``, one per metrics registry."""
-    counter = _DROPPED.get(registry)
-    if counter is None:
-        counter = Counter(
-            "collector_prometheus_dropped_series",
-            "Series (or range samples) not turned into events: missing_subject, not_finite, mapped_to_none.",
-            ["receiver", "query", "reason"],
-            registry=registry,
-        )
-        _DROPPED[registry] = counter
-    return counter
 
 
 class PrometheusQueryError(RetryableError):
@@ -72,12 +60,13 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
         self.timeout = config.timeout_seconds()
         self.mapping: CompiledMapping | None = None
         if config.mapping is not None:
-            self.mapping = compile_expression(
-                config.mapping, registry_functions(ctx.registry), path=f"receivers.{ctx.id}.mapping"
-            )
-        secrets = [s.get_secret_value() for s in (config.password, config.token) if s is not None]
-        ctx.telemetry.redactor.add(*secrets, *config.sensitive_header_values())
-        self._dropped = dropped_counter(ctx.telemetry.metrics.registry)
+            self.mapping = compile_expression(config.mapping, ctx.functions, path=f"receivers.{ctx.id}.mapping")
+        ctx.telemetry.redactor.add(*config.secrets())
+        self._dropped = ctx.metrics.counter(
+            "prometheus_dropped_series",
+            "Series (or range samples) not turned into events: missing_subject, not_finite, mapped_to_none.",
+            ["receiver", "query", "reason"],
+        )
         self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -99,17 +88,7 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
                 self._session = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        cfg = self.config
-        if cfg.insecure_skip_verify:
-            return False
-        if cfg.ca_file is None:
-            return True
-        try:
-            return ssl.create_default_context(cafile=str(cfg.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot load ca_file {str(cfg.ca_file)!r}: {exc}", f"receivers.{self.id}.ca_file"
-            ) from None
+        return self.config.ssl_context(f"receivers.{self.id}")
 
     def health(self) -> dict[str, Any]:
         out = super().health()
@@ -121,33 +100,17 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
 
     async def _headers(self) -> dict[str, str]:
         cfg = self.config
-        headers = dict(cfg.headers)
-        if cfg.tenant:
-            headers["X-Scope-OrgID"] = cfg.tenant
-        if cfg.username is not None:
-            password = cfg.password.get_secret_value() if cfg.password is not None else ""
-            pair = f"{cfg.username}:{password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        token = await self._token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
-
-    async def _token(self) -> str | None:
-        cfg = self.config
-        if cfg.token is not None:
-            return cfg.token.get_secret_value() or None
-        if cfg.token_file is None:
-            return None
         try:
-            text = await asyncio.to_thread(cfg.token_file.read_text, encoding="utf-8")
+            headers = await asyncio.to_thread(cfg.auth_headers)  # reads token_file: a rotated token is picked up
         except OSError as exc:
             raise PrometheusAuthError(
                 f"receiver {self.id}: cannot read token_file {str(cfg.token_file)!r}: {exc.strerror}"
             ) from None
-        token = text.strip()
-        self.ctx.telemetry.redactor.add(token)  # a rotated token is masked too
-        return token or None
+        if cfg.token_file is not None and "Authorization" in headers:
+            self.ctx.telemetry.redactor.add(headers["Authorization"].removeprefix("Bearer "))  # masked too
+        if cfg.tenant:
+            headers["X-Scope-OrgID"] = cfg.tenant
+        return headers
 
     def _request(self, query: QueryConfig, window: Window) -> tuple[str, dict[str, str]]:
         params = {"query": query.render(window.seconds), "timeout": prometheus_duration(self.timeout)}
@@ -164,7 +127,8 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
         step = query.step_seconds()
         if step is not None and not divides(step, window.seconds):
             raise PrometheusQueryError(
-                f"{where}: step {query.step} does not divide the window {window} ({window.seconds:g}s)"
+                f"{where}: step {format_duration(query.step or 0)} does not divide the window {window} "
+                f"({window.seconds:g}s)"
             )
         if self._session is None:
             raise PrometheusQueryError(f"{where}: the receiver is not started")
@@ -175,7 +139,9 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
             ) as resp:
                 status, body = resp.status, await resp.read()
         except TimeoutError:
-            raise PrometheusQueryError(f"{where}: no answer from {url} within {self.config.timeout}") from None
+            raise PrometheusQueryError(
+                f"{where}: no answer from {url} within {format_duration(self.timeout)}"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror if exc.os_error is not None and exc.os_error.strerror else str(exc)
             raise PrometheusQueryError(f"{where}: cannot connect to {self.config.url}: {reason}") from None
@@ -215,13 +181,13 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
                 raise PrometheusAuthError(message) from failed[0][1]
             raise PrometheusQueryError(message) from failed[0][1]
         events: list[Any] = []
-        meta = {"receiver": self.id, **window.meta()}
+        meta = Meta(receiver=self.id, window=window)
         for query, result in zip(queries, results, strict=True):
             assert isinstance(result, QueryResult)
             events.extend(self._events(query, result, window, meta))
         return events
 
-    def _events(self, query: QueryConfig, result: QueryResult, window: Window, meta: dict[str, Any]) -> list[Any]:
+    def _events(self, query: QueryConfig, result: QueryResult, window: Window, meta: Meta) -> list[Any]:
         step = query.step_seconds()
         subject_label = query.subject_label or self.config.subject_label
         out: list[Any] = []
@@ -289,7 +255,7 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
             )  # fmt: skip
         return out
 
-    def _map(self, query: QueryConfig, record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any] | None:
+    def _map(self, query: QueryConfig, record: dict[str, Any], meta: Meta) -> dict[str, Any] | None:
         assert self.mapping is not None
         where = f"receiver {self.id}: query {query.name!r}: mapping of series {_show(record['labels'])}"
         try:

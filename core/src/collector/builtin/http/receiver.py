@@ -22,18 +22,25 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from collector.builtin.http.config import BearerAuth, HttpReceiverConfig
+from collector.auth import BearerAuth
+from collector.builtin.http.config import HttpReceiverConfig
 from collector.builtin.http.intake import IntakeError, parse_events, parse_records, problem
-from collector.events import fill_defaults, validate_events
-from collector.components import Receiver
-from collector.config import parse_endpoint
+from collector.components import Meta, Receiver
+from collector.endpoints import parse_endpoint
 from collector.errors import BackpressureError, PermanentError, RecordError
-from collector.runtime.pipeline import VALIDATED
+from collector.events import OPENMETER, fill_defaults, validate_events
+
+# CloudEvents posted to the ingest API were checked against OpenMeter's rules
+# on arrival (it is OpenMeter's API, whatever the exporter): the pipeline need
+# not check them again unless a processor changes them.
+_CHECKED = frozenset({OPENMETER})
+_RAW_JSON = MappingProxyType({"format": "json"})
 
 V1_PATH = "/api/v1/events"
 V3_PATH = "/api/v3/openmeter/events"
@@ -65,6 +72,8 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         self._closing = False
         self.port: int | None = None
         self.raw = config.format == "json"
+        self._validated = Meta(receiver=ctx.id, satisfies=_CHECKED)
+        self._raw_meta = Meta(receiver=ctx.id, extra=_RAW_JSON)
         self.paths = (config.path,) if self.raw else (V1_PATH, V3_PATH)
         m = ctx.telemetry.metrics
         self._requests = m.requests
@@ -234,12 +243,13 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
                 len(records),
                 "too_large",
             )
-        meta: dict[str, Any] = {"format": "json"}
+        meta = self._raw_meta
         if self.config.headers:
-            meta["headers"] = {h: request.headers[h] for h in self.config.headers if h in request.headers}
+            headers = {h: request.headers[h] for h in self.config.headers if h in request.headers}
+            meta = Meta(receiver=self.id, headers=headers, extra=_RAW_JSON)
         return await self._commit(request.path, records, meta)
 
-    async def _commit(self, path: str, events: list[Any], meta: dict[str, Any] | None = None) -> web.Response:
+    async def _commit(self, path: str, events: list[Any], meta: Meta | None = None) -> web.Response:
         if self._closing:
             return self._answer(
                 problem_response(
@@ -252,7 +262,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         self._inflight += 1
         self._idle.clear()
         try:
-            await self.emit(events, meta if meta is not None else {VALIDATED: True})
+            await self.emit(events, meta if meta is not None else self._validated)
         except PermanentError as exc:
             return self._answer(
                 problem_response(

@@ -13,6 +13,7 @@ import orjson
 from collector.builtin.openmeter.config import OpenMeterExporterConfig
 from collector.components import Event, Exporter
 from collector.errors import AuthError, ConfigError, PermanentError, RetryableError
+from collector.events import OPENMETER
 
 BATCH_TYPE = "application/cloudevents-batch+json"
 _PERMANENT = {400, 413, 422}
@@ -52,6 +53,10 @@ class NetworkRetry(RetryableError):
 
 
 class OpenMeterExporter(Exporter[OpenMeterExporterConfig]):
+    # OpenMeter refuses events that break its rules (400): the pipeline checks
+    # them before the queue, so the client hears it instead of the dead letters.
+    requires = (OPENMETER,)
+
     def __init__(self, ctx: Any, config: OpenMeterExporterConfig) -> None:
         super().__init__(ctx, config)
         try:

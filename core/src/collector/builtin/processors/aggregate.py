@@ -52,12 +52,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.events import format_time, stable_id
 from collector.components import Batch, Event, Meta
-from collector.functions import parse_duration
+from collector.durations import Duration
+from collector.events import format_time, stable_id
 from collector.state import Entry, StateStore, evictions_counter
 
 STATE_FILE = "aggregate.sqlite"
@@ -78,13 +78,6 @@ _WINDOW_FIELDS = ("window_start", "window_end")
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 
 Op = Literal["sum", "count", "min", "max"]
-
-
-def _duration(value: Any, *, allow_zero: bool) -> float:
-    seconds = parse_duration(value)
-    if seconds is None or seconds < 0 or (seconds == 0 and not allow_zero):
-        raise ValueError(f"must be a {'non-negative' if allow_zero else 'positive'} duration such as 60s, 5m or 1h")
-    return seconds
 
 
 class Aggregation(BaseModel):
@@ -115,13 +108,11 @@ class AggregateConfig(ProcessorConfig):
     """Sum/count/min/max per subject, type and `group_by` over tumbling windows of event time; one event per group
     and window, with a deterministic id. See docs/processors/aggregate.md."""
 
-    window: float | str = Field(
-        "60s", description="Window length: a duration (60s, 5m, 1h) or seconds.", validate_default=True
-    )
-    allowed_lateness: float | str = Field(
-        "5s",
+    window: Duration = Field(60.0, gt=0, description="Window length: a duration (60s, 5m, 1h) or seconds.")
+    allowed_lateness: Duration = Field(
+        5.0,
+        ge=0,
         description="How long after a window's end it still takes events before it is closed and emitted.",
-        validate_default=True,
     )
     group_by: list[str] = Field(
         default_factory=list,
@@ -134,11 +125,11 @@ class AggregateConfig(ProcessorConfig):
         description="An event for a window already closed: correction (default) emits it in a separate event "
         "with its own id for the same window; drop counts it (reason late) and drops it.",
     )
-    dedupe_window: float | str = Field(
-        "24h",
+    dedupe_window: Duration = Field(
+        24 * 3600.0,
+        ge=0,
         description="How long the source and id of absorbed events are remembered, so that a retried event is not "
         "counted twice (0 turns it off).",
-        validate_default=True,
     )
     max_keys: int = Field(
         1_000_000,
@@ -147,19 +138,7 @@ class AggregateConfig(ProcessorConfig):
         "to expiry are evicted first; open windows never are: when they alone fill it, input is refused "
         "with backpressure (503) until windows close.",
     )
-    close_interval: float | str = Field(
-        "1s", description="How often the processor looks for windows to close.", validate_default=True
-    )
-
-    @field_validator("window", "close_interval")
-    @classmethod
-    def _positive(cls, value: Any) -> float:
-        return _duration(value, allow_zero=False)
-
-    @field_validator("allowed_lateness", "dedupe_window")
-    @classmethod
-    def _non_negative(cls, value: Any) -> float:
-        return _duration(value, allow_zero=True)
+    close_interval: Duration = Field(1.0, gt=0, description="How often the processor looks for windows to close.")
 
     @model_validator(mode="after")
     def _check(self) -> AggregateConfig:
@@ -380,7 +359,7 @@ class AggregateProcessor(RecordProcessor):
         self.count_dropped(duplicates, "duplicate")
         self.count_dropped(late, "late")
         if evicted:
-            evictions_counter(self.ctx.telemetry.metrics).labels(component=self.id).inc(evicted)
+            evictions_counter(self.ctx.metrics).labels(component=self.id).inc(evicted)
             self.log.warning("aggregate %s: state store full; forgot %d remembered event id(s)", self.id, evicted)
 
     def _bucket_id(self, item: _Item, correction: int | None) -> str:

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector.components import Processor
-from collector.runtime.deadletters import DeadLetterStore
 from collector.errors import PermanentError, RecordError
+from collector.runtime.deadletters import DeadLetterStore
+from collector.runtime.layout import deadletters_in
 
 OnError = Literal["reject", "dead_letter", "drop"]
-DEADLETTER_FILE = "deadletter.sqlite"
 
 
 class ProcessorConfig(BaseModel):
@@ -37,10 +36,6 @@ class ProcessorConfig(BaseModel):
         description="What to do with a record that fails: reject the batch (the client gets 400 naming it), "
         "dead_letter it, or drop it (counted).",
     )
-
-
-def deadletter_store_path(storage_dir: Path) -> Path:
-    return storage_dir / DEADLETTER_FILE
 
 
 @dataclass
@@ -107,7 +102,7 @@ class RecordProcessor(Processor[Any]):
 
     def _store(self) -> DeadLetterStore:
         if self._deadletters is None:
-            self._deadletters = DeadLetterStore(deadletter_store_path(self.ctx.storage_dir))
+            self._deadletters = DeadLetterStore(deadletters_in(self.ctx.storage_dir))
         return self._deadletters
 
     async def _shutdown(self) -> None:

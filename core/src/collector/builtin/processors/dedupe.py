@@ -31,26 +31,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.events import stable_id
 from collector.components import Batch, Meta
-from collector.functions import parse_duration
-from collector.mapping import CompiledMapping, compile_expression, registry_functions
+from collector.durations import Duration
+from collector.events import stable_id
+from collector.mapping import CompiledMapping, FunctionMap, compile_expression
 from collector.state import StateStore, evictions_counter
 
 NAMESPACE = "keys"
 STATE_FILE = "dedupe.sqlite"
 PURGE_LIMIT = 1000  # expired keys deleted per committed batch at most (bounded work)
 PENDING_WAIT = 60.0  # seconds a call waits for another in-flight call holding the same keys
-
-
-def _seconds(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds is None or seconds <= 0:
-        raise ValueError("must be a positive duration such as 24h, 90m or 3600")
-    return seconds
 
 
 class DedupeConfig(ProcessorConfig):
@@ -61,10 +54,10 @@ class DedupeConfig(ProcessorConfig):
         description="A mapping expression giving an event's key (any JSON value). Default: `source` and `id`, "
         "the key OpenMeter deduplicates on. An event whose key is None is passed on unchecked.",
     )
-    window: float | str = Field(
-        "24h",
+    window: Duration = Field(
+        24 * 3600.0,
+        gt=0,
         description="How long a key is remembered after its event was committed: a duration (24h, 90m) or seconds.",
-        validate_default=True,
     )
     max_keys: int = Field(
         1_000_000,
@@ -73,14 +66,9 @@ class DedupeConfig(ProcessorConfig):
         "(counted in collector_state_evicted_keys_total); an evicted key's duplicate is no longer caught.",
     )
 
-    @field_validator("window")
-    @classmethod
-    def _window(cls, value: Any) -> float:
-        return _seconds(value)
-
-    def check_with_registry(self, registry: Any) -> None:
+    def check_with_functions(self, functions: FunctionMap) -> None:
         if self.key is not None:
-            compile_expression(self.key, registry_functions(registry), path="key")
+            compile_expression(self.key, functions, path="key")
 
 
 class DedupeProcessor(RecordProcessor):
@@ -89,9 +77,7 @@ class DedupeProcessor(RecordProcessor):
         self.window = float(config.window)
         self.key_mapping: CompiledMapping | None = None
         if config.key is not None:
-            self.key_mapping = compile_expression(
-                config.key, registry_functions(ctx.registry), path=f"processors.{ctx.id}.key"
-            )
+            self.key_mapping = compile_expression(config.key, ctx.functions, path=f"processors.{ctx.id}.key")
         self.store: StateStore | None = None
         # key -> the outcome of the in-flight call that holds it (this process only; see the module doc)
         self._pending: dict[str, asyncio.Future[None]] = {}
@@ -233,7 +219,7 @@ class DedupeProcessor(RecordProcessor):
             self.log.exception("dedupe %s: could not record %d key(s); their duplicates may pass", self.id, len(keys))
             return
         if evicted:
-            evictions_counter(self.ctx.telemetry.metrics).labels(component=self.id).inc(evicted)
+            evictions_counter(self.ctx.metrics).labels(component=self.id).inc(evicted)
             self.log.warning(
                 "dedupe %s: the key store is full (%d keys); evicted %d key(s) closest to expiry",
                 self.id, self.config.max_keys, evicted,

@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.events import format_time, stable_id
 from collector.components import Batch, Meta
+from collector.events import format_time, stable_id
 from collector.functions import get as get_path
 from collector.functions import parse_time
 

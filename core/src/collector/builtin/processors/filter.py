@@ -8,7 +8,7 @@ from pydantic import Field
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
 from collector.components import Batch, Meta
-from collector.mapping import compile_expression, registry_functions
+from collector.mapping import FunctionMap, compile_expression
 
 
 class FilterConfig(ProcessorConfig):
@@ -16,16 +16,14 @@ class FilterConfig(ProcessorConfig):
 
     condition: str = Field(description="A mapping expression over `this` and `meta`, e.g. `this.type != 'ping'`.")
 
-    def check_with_registry(self, registry: Any) -> None:
-        compile_expression(self.condition, registry_functions(registry), path="condition")
+    def check_with_functions(self, functions: FunctionMap) -> None:
+        compile_expression(self.condition, functions, path="condition")
 
 
 class FilterProcessor(RecordProcessor):
     def __init__(self, ctx: Any, config: FilterConfig) -> None:
         super().__init__(ctx, config)
-        self.predicate = compile_expression(
-            config.condition, registry_functions(ctx.registry), path=f"processors.{ctx.id}.condition"
-        )
+        self.predicate = compile_expression(config.condition, ctx.functions, path=f"processors.{ctx.id}.condition")
 
     async def process_batch(self, batch: Batch, meta: Meta) -> Batch:
         fn = self.predicate.function

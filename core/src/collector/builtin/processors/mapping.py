@@ -8,7 +8,7 @@ from pydantic import Field
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
 from collector.components import Batch, Meta
-from collector.mapping import CompiledMapping, compile_expression, registry_functions
+from collector.mapping import CompiledMapping, FunctionMap, compile_expression
 
 
 class MappingConfig(ProcessorConfig):
@@ -19,15 +19,15 @@ class MappingConfig(ProcessorConfig):
         "`this.a.b` reads fields safely (None when missing); see docs/processors/mapping.md.",
     )
 
-    def check_with_registry(self, registry: Any) -> None:
-        compile_expression(self.expression, registry_functions(registry), path="expression")
+    def check_with_functions(self, functions: FunctionMap) -> None:
+        compile_expression(self.expression, functions, path="expression")
 
 
 class MappingProcessor(RecordProcessor):
     def __init__(self, ctx: Any, config: MappingConfig) -> None:
         super().__init__(ctx, config)
         self.mapping: CompiledMapping = compile_expression(
-            config.expression, registry_functions(ctx.registry), path=f"processors.{ctx.id}.expression"
+            config.expression, ctx.functions, path=f"processors.{ctx.id}.expression"
         )
 
     async def process_batch(self, batch: Batch, meta: Meta) -> Batch:

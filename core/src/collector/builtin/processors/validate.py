@@ -16,9 +16,10 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
-from collector.events import validate_event
 from collector.components import Batch, Meta
 from collector.errors import ConfigError
+from collector.events import validate_event
+from collector.mapping import FunctionMap
 
 # Errors reported per record for the schema; a badly wrong record could otherwise produce hundreds.
 MAX_SCHEMA_ERRORS = 10
@@ -50,7 +51,7 @@ class ValidateConfig(ProcessorConfig):
             raise ValueError("nothing to check: set data_schema or leave cloudevents on")
         return self
 
-    def check_with_registry(self, registry: Any) -> None:
+    def check_with_functions(self, functions: FunctionMap) -> None:
         if self.data_schema is not None:
             load_validator(self.data_schema, path="data_schema")
 

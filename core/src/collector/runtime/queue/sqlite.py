@@ -1,4 +1,4 @@
-"""The durable queue: persist-queue (SQLite, WAL) with group commit.
+"""The durable queue: persist-queue (SQLite, WAL) with group commit (docs/delivery.md).
 
 Layout on disk, in ``directory``::
 
@@ -24,39 +24,14 @@ The writer assembles it from each producer's own ``orjson.dumps(events)``
 without re-serialising, and the fixed ``{"t":..,"n":..`` prefix lets
 :meth:`DurableQueue.open` rebuild the counters without decoding every event.
 
-Where persist-queue 1.1.0 cannot keep a promise we wrap it thinly
-(:class:`_AckQueue`), and only there:
-
-* ``synchronous``: persist-queue turns on WAL but never sets ``synchronous``;
-  the pragma is per connection, and with ``multithreading=True`` it opens two
-  (``_getter`` for reads, ``_putter`` for every write).  We set the pragma in
-  ``_new_db_connection``, which creates both, so it holds for the writes
-  (a test reads it back from ``_putter``).
-* acked rows: persist-queue never deletes them, and ``clear_acked_data`` runs
-  ``... WHERE status = 5 ORDER BY _id DESC LIMIT n``, a full table scan since
-  ``status`` has no index.  Measured on the development VM (2 cores, virtual
-  disk; 20,000 items of 2 kB, get + ack by id, synchronous=FULL), items/s:
-
-      clear after every ack, no index     253   (scan of the whole table)
-      clear every 32 acks, no index      2134
-      clear after every ack, with index  1851
-      clear every 32 acks, with index    2601
-      plain DELETE by id (bypassing)     2810
-      never clear: get() scans past every acked row, so it falls with
-      the backlog: 699 (5,000 items of 2 kB), 493 (1,000 items of 20 kB)
-
-  So :meth:`DurableQueue.ack` (and quarantine) deletes the row by id in one
-  transaction: the fastest line above, and no acked row ever piles up.
-  Acked rows left by older versions are cleared once at open, helped by an
-  index on ``status`` (the primary-key plan of get()'s ``SELECT`` is
-  unaffected: SQLite still searches by rowid; a test checks).  Measured in
-  the ingest benchmark, the one-transaction ack raised single-event ingest
-  by about a third (one fsync per item less, and less time holding the
-  write lock against the group commit).
-* We never use persist-queue's ``get`` (it may sleep up to 10 s past a
-  missed wake-up, and marks the row in flight with an fsync'd UPDATE) nor
-  ``ack(item)`` (a linear search): claims live in memory, a plain SELECT
-  reads the item, and waiting is ours (a :class:`threading.Condition`).
+How persist-queue is used, and the one class that depends on its shape, is
+:mod:`collector.runtime.queue.storage`.  Claims live in memory (a sender's
+``get`` reads the item with a plain SELECT), an ``ack`` deletes the row in
+one transaction without an fsync of its own, and waiting is ours (a
+:class:`threading.Condition`), never persist-queue's ``get`` (which may sleep
+up to 10 s past a missed wake-up).  Opening, corruption and disk-full
+detection are :mod:`collector.sqlite`, shared with the state store and the
+dead letters.
 """
 
 from __future__ import annotations
@@ -73,20 +48,19 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 
+from collector import sqlite as db
 from collector.errors import BackpressureError
 from collector.runtime.queue import QueueItem, QueueStats
+from collector.runtime.queue.storage import QueueTable
 
 log = logging.getLogger("collector.runtime.queue")
 
-Durability = Literal["full", "relaxed"]
-_SYNCHRONOUS: dict[str, str] = {"full": "FULL", "relaxed": "NORMAL"}
+Durability = db.Durability
 
-# Clear acked rows after this many acks (see the measurements above).
 # Once full, intake resumes when acks bring the bytes down to this fraction of
 # max_bytes; the hysteresis keeps receivers from flapping between 503 and 200.
 _RESUME_FRACTION = 0.9
@@ -94,90 +68,11 @@ _RESUME_FRACTION = 0.9
 _ENVELOPE_BYTES = 64
 _HEADER = re.compile(rb'\{"t":(-?[0-9][0-9.eE+-]*),"n":([0-9]+),"e":\[')
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-class _RawBytes:
-    """persist-queue serializer that stores our orjson bytes as they are.
-
-    Decoding stays with us, so an unreadable payload surfaces as our own
-    error (and is quarantined) instead of failing inside persist-queue.
-    """
-
-    @staticmethod
-    def dumps(value: bytes, sort_keys: bool = False) -> bytes:
-        return value
-
-    @staticmethod
-    def loads(value: bytes) -> bytes:
-        return value
-
-
-class _AckQueue(SQLiteAckQueue):
-    """SQLiteAckQueue with a ``synchronous`` pragma and an index on status."""
-
-    def __init__(self, path: str, *, synchronous: str, **kwargs: Any) -> None:
-        # Set before super().__init__: it opens the connections right away.
-        self._synchronous = synchronous
-        super().__init__(path, **kwargs)
-
-    # The WAL is checkpointed often and truncated back to this size, so that a
-    # queue that filled its disk keeps room for the small writes draining needs
-    # (claims and acks are writes too); see DurableQueue.min_free_bytes.
-    WAL_AUTOCHECKPOINT_PAGES = 128
-    JOURNAL_SIZE_LIMIT = 1024 * 1024
-
-    def _new_db_connection(self, path: Any, multithreading: Any, timeout: Any) -> sqlite3.Connection:
-        # Called for both connections (_getter and _putter), so the pragma
-        # holds wherever persist-queue writes.
-        conn = super()._new_db_connection(path, multithreading, timeout)
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={self.WAL_AUTOCHECKPOINT_PAGES}")
-        conn.execute(f"PRAGMA journal_size_limit={self.JOURNAL_SIZE_LIMIT}")
-        return conn
-
-    def _init(self) -> None:
-        super()._init()
-        index = f"`{self._TABLE_NAME}_{self.name}_status`"
-        with self.tran_lock, self.writer as conn:
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {self._table_name} (status)")
-
-    def delete(self, item_id: int) -> None:
-        """Acknowledge an item by deleting its row: ONE transaction.
-
-        persist-queue's ack() is an UPDATE to status=acked that must be
-        followed by a DELETE (clear_acked_data) later: two transactions per
-        item, each holding the write lock against the group commit.
-
-        The delete is committed with ``synchronous=NORMAL`` (no fsync of its
-        own): in WAL mode it becomes durable with the next fsync'd commit.  A
-        power loss can at worst forget an acknowledgement, and that item is
-        then sent again -- a duplicate, which at-least-once allows and the
-        destination de-duplicates by id -- never a loss.  Acks stop costing an
-        fsync each, which the group commit would otherwise wait behind.
-        """
-        with self.action_lock:
-            with self.tran_lock:
-                conn = self.writer
-                conn.execute("PRAGMA synchronous=NORMAL")
-                try:
-                    with conn:
-                        conn.execute(f"DELETE FROM {self._table_name} WHERE {self._key_column} = ?", (item_id,))
-                finally:
-                    conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            self._unack_cache.pop(item_id, None)
-
-    # persist-queue declares both connections Optional; they are set by _init.
-    @property
-    def writer(self) -> sqlite3.Connection:
-        """The connection every persist-queue write goes through."""
-        assert self._putter is not None
-        return self._putter
-
-    @property
-    def reader(self) -> sqlite3.Connection:
-        """The connection persist-queue selects with."""
-        assert self._getter is not None
-        return self._getter
+# The WAL is checkpointed often and truncated back to this size, so that a
+# queue that filled its disk keeps room for the small writes draining needs
+# (acks and checkpoints are writes too); see DurableQueue.min_free_bytes.
+_WAL_AUTOCHECKPOINT_PAGES = 128
+_JOURNAL_SIZE_LIMIT = 1024 * 1024
 
 
 @dataclass
@@ -201,23 +96,6 @@ class _Meta:
 
 class _Unreadable(Exception):
     """A stored payload that does not decode to a batch."""
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.OperationalError):
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
-            return True
-        return "database or disk is full" in str(exc)
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-
-
-def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return True
-    text = str(exc)
-    return "file is not a database" in text or "malformed" in text
 
 
 def _encode(enqueued_at: float, count: int, parts: Iterable[bytes]) -> bytes:
@@ -293,11 +171,15 @@ class DurableQueue:
         commit_wait_ms: float = 2.0,
         commit_max_events: int = 1000,
         min_free_bytes: int = 0,
+        on_connect: db.ConnectHook | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"queue name {name!r}: use letters, digits, '_', '-', '.'")
-        if durability not in _SYNCHRONOUS:
-            raise ValueError(f"durability must be 'full' or 'relaxed', not {durability!r}")
+        self._pragmas = db.Pragmas(
+            synchronous=db.synchronous_for(durability),
+            wal_autocheckpoint_pages=_WAL_AUTOCHECKPOINT_PAGES,
+            journal_size_limit_bytes=_JOURNAL_SIZE_LIMIT,
+        )
         if max_bytes <= 0 or commit_max_events <= 0 or commit_wait_ms < 0:
             raise ValueError("max_bytes and commit_max_events must be > 0, commit_wait_ms >= 0")
         self.directory = Path(directory)
@@ -308,8 +190,11 @@ class DurableQueue:
         self._commit_max_events = commit_max_events
         #: refuse new data while less than this is free on the queue's disk (0: only a real ENOSPC)
         self.min_free_bytes = min_free_bytes
+        #: called with every SQLite connection the queue opens, after its
+        #: pragmas (instrumentation; tests use it for a slow or a full disk)
+        self.on_connect = on_connect
 
-        self._pq: _AckQueue | None = None
+        self._pq: QueueTable | None = None
         self._writer: threading.Thread | None = None
         self._open = False
         #: damaged database files moved aside by open() since construction
@@ -351,29 +236,18 @@ class DurableQueue:
     # ------------------------------------------------------------- lifecycle
 
     def open(self) -> None:
-        """Open (or create) the database, rebuild counters, start the writer."""
+        """Open (or create) the database, rebuild counters, start the writer.
+
+        A database SQLite reports as damaged is moved aside and the queue
+        starts empty (docs/delivery.md, "Corruption and quarantine"); any
+        other error (locked, I/O) is raised and the file left alone.
+        """
         if self._open:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            self._pq = self._open_storage()
-            self._rebuild()
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                self._close_storage()
-                raise
-            log.error(
-                "queue %s: database %s is damaged (%s); moved aside, starting empty",
-                self.name,
-                self.db_path,
-                exc,
-            )
-            self._close_storage()
-            self._move_aside()
+        _, moved = db.open_or_move_aside(self.db_path, self._open_and_rebuild, what=f"queue {self.name}:", logger=log)
+        if moved is not None:
             self.databases_moved_aside += 1
-            self._reset_state()
-            self._pq = self._open_storage()
-            self._rebuild()
         self._closing = False
         self._open = True
         self._writer = threading.Thread(target=self._writer_loop, name=f"queue-writer-{self.name}", daemon=True)
@@ -396,16 +270,22 @@ class DurableQueue:
             self._checkpoint()
             self._close_storage()
 
-    def _open_storage(self) -> _AckQueue:
-        return _AckQueue(
-            str(self.directory),
-            synchronous=_SYNCHRONOUS[self.durability],
-            name=self.name,
-            db_file_name=self.db_path.name,
-            multithreading=True,  # separate read/write connections, any thread
-            serializer=_RawBytes,
-            auto_resume=True,  # claimed-but-unacked items become ready again
-        )
+    def _open_and_rebuild(self) -> QueueTable:
+        """Open the table and rebuild the counters; on failure leave nothing open."""
+        try:
+            self._pq = QueueTable(
+                self.directory,
+                name=self.name,
+                db_file_name=self.db_path.name,
+                pragmas=self._pragmas,
+                on_connect=self.on_connect,
+            )
+            self._rebuild()
+        except BaseException:
+            self._close_storage()
+            self._reset_state()
+            raise
+        return self._pq
 
     def _close_storage(self) -> None:
         if self._pq is not None:
@@ -414,25 +294,10 @@ class DurableQueue:
 
     def _checkpoint(self) -> None:
         """Fold the WAL into the database so that it does not linger on disk."""
-        assert self._pq is not None
         try:
-            self._pq.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._require_storage().checkpoint()
         except sqlite3.Error as exc:
             log.warning("queue %s: WAL checkpoint on close failed: %s", self.name, exc)
-
-    def _move_aside(self) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            source = self.db_path.with_name(self.db_path.name + suffix)
-            if not source.exists():
-                continue
-            target = source.with_name(f"{source.name}.corrupt-{stamp}")
-            serial = 1
-            while target.exists():  # two failures within one second
-                target = source.with_name(f"{source.name}.corrupt-{stamp}-{serial}")
-                serial += 1
-            os.replace(source, target)
-            log.error("queue %s: moved %s to %s", self.name, source, target)
 
     def _reset_state(self) -> None:
         with self._state_cv:
@@ -445,24 +310,22 @@ class DurableQueue:
         256 MiB backlog would make start-up slow.  Full validation happens
         when get() hands the item out.
         """
-        pq = self._require_storage()
-        pq.clear_acked_data(max_delete=0, keep_latest=0)  # leftovers of a crash
-        rows = pq.reader.execute(
-            f"SELECT _id, substr(data, 1, 96), length(data) FROM {pq._table_name}"
-            f" WHERE status < {AckStatus.acked} ORDER BY _id"
-        ).fetchall()
+        table = self._require_storage()
+        # Rows marked acked by collectors that acknowledged through
+        # persist-queue's ack() (before acks deleted rows): one scan at open.
+        table.clear_acked_data(max_delete=0, keep_latest=0)
+        rows = table.headers()
         unreadable: list[int] = []
         with self._state_cv:
             self._reset_counters_locked()
             for item_id, prefix, size in rows:
-                header = _read_header(bytes(prefix or b""))
+                header = _read_header(prefix)
                 if header is None:
                     unreadable.append(item_id)
                     continue
                 self._register_locked(item_id, _Meta(header[1], size, header[0]))
         for item_id in unreadable:
-            row = pq.reader.execute(f"SELECT data FROM {pq._table_name} WHERE _id = ?", (item_id,)).fetchone()
-            self._quarantine(item_id, bytes(row[0] or b""), "unreadable header")
+            self._quarantine(item_id, table.read(item_id) or b"", "unreadable header")
 
     def _reset_counters_locked(self) -> None:
         self._meta.clear()
@@ -471,7 +334,7 @@ class DurableQueue:
         # The writer decides afresh whether the reopened queue is full.
         self._full = self._disk_full = False
 
-    def _require_storage(self) -> _AckQueue:
+    def _require_storage(self) -> QueueTable:
         if self._pq is None:
             raise RuntimeError(f"queue {self.name} is not open")
         return self._pq
@@ -639,7 +502,7 @@ class DurableQueue:
                     self._register_locked(item_id, _Meta(count, len(payload), enqueued_at))
                     self._state_cv.notify()
         except Exception as exc:
-            if not _is_disk_full(exc):
+            if not db.is_disk_full(exc):
                 log.error("queue %s: commit of %d events failed: %s", self.name, count, exc)
                 return exc
             self._enter_disk_full(exc)
@@ -667,10 +530,7 @@ class DurableQueue:
             return free
         try:
             with self._db_lock:
-                reader = self._require_storage().reader
-                pages = reader.execute("PRAGMA freelist_count").fetchone()[0]
-                size = reader.execute("PRAGMA page_size").fetchone()[0]
-            free += int(pages) * int(size)
+                free += self._require_storage().free_pages_bytes()
         except (sqlite3.Error, RuntimeError):
             pass
         return free
@@ -733,11 +593,9 @@ class DurableQueue:
     def _claim_next(self) -> tuple[int, bytes] | None:
         """Claim the oldest unclaimed item: in memory only, a plain SELECT on disk.
 
-        persist-queue's get() marks the row in flight with an UPDATE, one
-        more fsync'd transaction per item holding the write lock against the
-        group commit.  The mark is not needed for safety: after a crash every
-        unacknowledged row is sent again anyway (persist-queue's auto_resume
-        did exactly that to the marks), so claims live in ``_claimed``.
+        A mark on disk is not needed for safety: after a crash every
+        unacknowledged row is sent again anyway, so claims live in
+        ``_claimed`` (see :mod:`collector.runtime.queue.storage`).
         """
         with self._db_lock:
             if self._pq is None:  # closed while we were waiting
@@ -747,13 +605,12 @@ class DurableQueue:
                 if item_id is None:
                     return None
                 self._claimed.add(item_id)
-            pq = self._pq
-            row = pq.reader.execute(f"SELECT data FROM {pq._table_name} WHERE _id = ?", (item_id,)).fetchone()
-        if row is None:  # deleted behind our back: forget it
+            data = self._pq.read(item_id)
+        if data is None:  # deleted behind our back: forget it
             with self._state_cv:
                 self._forget_locked(item_id)
             return None
-        return item_id, bytes(row[0] or b"")
+        return item_id, data
 
     def _to_item(self, item_id: int, data: bytes) -> QueueItem | None:
         """Decode a claimed item; quarantine it (and return None) if unreadable."""

@@ -9,11 +9,13 @@ when a configuration uses the processor.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from collector.hookspecs import hookimpl
-from collector.specs import ComponentSpec
+from collector.api import ComponentContext, ComponentSpec, hookimpl
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from collector_plugin_${package}.processor import ${class_name}Processor
 
 
 class ${class_name}Config(BaseModel):
@@ -27,14 +29,14 @@ class ${class_name}Config(BaseModel):
     decimals: int | None = Field(None, ge=0, le=15, description="Round the result to this many decimals.")
 
 
-def _make_processor(ctx: Any, config: ${class_name}Config) -> Any:
+def _make_processor(ctx: ComponentContext, config: ${class_name}Config) -> ${class_name}Processor:
     from collector_plugin_${package}.processor import ${class_name}Processor
 
     return ${class_name}Processor(ctx, config)
 
 
 @hookimpl
-def collector_processors() -> list[ComponentSpec]:
+def collector_processors() -> list[ComponentSpec[${class_name}Config]]:
     return [
         ComponentSpec(
             "processor",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collector.components import Event, Meta, Processor
-from collector.errors import PermanentError, RecordError
+from collector.api import Event, Meta, PermanentError, Processor, RecordError
 
 from collector_plugin_${package} import ${class_name}Config
 
@@ -16,10 +15,10 @@ class ${class_name}Processor(Processor[${class_name}Config]):
         problems: list[RecordError] = []
         for index, event in enumerate(events):
             data = event.get("data")
-            value = data.get(cfg.field) if isinstance(data, dict) else None
-            if value is None:  # nothing to scale: pass the event on unchanged
-                out.append(event)
+            if not isinstance(data, dict) or data.get(cfg.field) is None:
+                out.append(event)  # nothing to scale: pass the event on unchanged
                 continue
+            value = data[cfg.field]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 problems.append(RecordError(index, f"{cfg.field} must be a number, got {value!r}", f"data.{cfg.field}"))
                 continue
