@@ -86,7 +86,9 @@ def test_unknown_top_level_section(registry):
 
 def test_invalid_component_id(registry):
     text = BASE.replace("http: {", "HTTP: {").replace("[http]", "[HTTP]")
-    assert "receivers.HTTP: an id is `type` or `type/name` (lower-case type)" in errors_of(text, registry)
+    assert any(
+        e.startswith("receivers.HTTP: 'HTTP' is not a component id: write `type`") for e in errors_of(text, registry)
+    )
 
 
 def test_pipeline_naming_undefined_component(registry):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -117,9 +116,9 @@ async def test_timeout_is_retried(collector_run_pipeline):
 
 
 async def test_events_older_than_max_age_are_dead_lettered_by_the_clock(collector_run_pipeline):
-    # The queue stamps commits with wall-clock time, so the fake clock starts now;
-    # from there only the test moves it: nothing here waits an hour.
-    clock = FakeClock(start=time.time())
+    # The queue stamps commits with the service's clock and the sender ages them
+    # by it: only the test moves it, so nothing here waits an hour.
+    clock = FakeClock()
     retries = {"exporter": "memory", "class": "retryable"}
     async with collector_run_pipeline(config("queue: {kind: memory, max_age: 3600}"), clock=clock) as p:
         runner = p.service.exporters["memory"]

@@ -4,7 +4,7 @@
 
 Each command runs once to warm the page cache, then ``--repeat`` times; the
 median wall time is reported (the minimum beside it).  ``collector --help``
-must import no plugin (DESIGN.md section 12); ``collector plugins`` loads
+must import no plugin (docs/plugin-authors.md: hooks only declare); ``collector plugins`` loads
 every entry point, so it shows what plugin discovery costs.  For a miss,
 ``python -X importtime -m collector.cli plugins`` shows where the time goes;
 :func:`import_top` returns its largest cumulative entries.

@@ -1,6 +1,6 @@
 """Backpressure when the queue is full or the disk is full, and recovery by itself.
 
-DESIGN.md section 6: when full, receivers refuse with HTTP 503 and
+docs/delivery.md ("Disk full"): when full, receivers refuse with HTTP 503 and
 ``Retry-After``, nothing already accepted is dropped, and "disk full (ENOSPC)
 behaves the same and recovers by itself when space returns".
 

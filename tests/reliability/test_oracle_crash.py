@@ -23,8 +23,8 @@ empty, and the oracle compares SETS of (source, id):
   happened, read from a copy of the database left on disk (the original stays
   untouched, so the restart recovers the WAL itself).  Such a row may already
   have been delivered before the crash (ack not yet written) and is delivered
-  again after the restart: that is the "in flight" the design allows (DESIGN.md
-  section 6: at-least-once, duplicates bounded by what was in flight).  An id
+  again after the restart: that is the "in flight" the design allows (docs/delivery.md,
+  "Delivery guarantees": at-least-once, duplicates bounded by what was in flight).  An id
   sent once and never in the queue at a kill must arrive exactly once.
 
 ``make test`` runs :data:`QUICK_TRIALS` trials; ``make soak`` runs

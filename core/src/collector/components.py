@@ -5,7 +5,7 @@ The service drives the lifecycle; plugins override the underscored hooks::
     start()     -> _start()      idempotent; a failure leaves the component stopped
     shutdown(t) -> _shutdown()   idempotent; bounded by ``t`` seconds (drain)
 
-The hand-off contract (DESIGN.md section 3): a receiver calls
+The hand-off contract (docs/delivery.md): a receiver calls
 ``await self.emit(events)``; the call returns only when every exporter queue
 that the events go to has committed them.  Only then may the receiver
 acknowledge its client or advance a watermark.  ``emit`` raises

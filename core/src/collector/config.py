@@ -50,9 +50,8 @@ from collector.endpoints import parse_endpoint
 from collector.errors import ConfigError
 from collector.mapping import registry_functions
 from collector.plugins import Registry
-from collector.specs import SECTION, ComponentKind
+from collector.specs import SECTION, ComponentID, ComponentKind
 
-ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(/[A-Za-z0-9_.-]+)?$")
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -321,10 +320,11 @@ def validate_components(raw: CollectorConfig, registry: Registry) -> LoadedConfi
         entries: dict[str, Any] = getattr(raw, section)
         for cid, body in entries.items():
             path = f"{section}.{cid}"
-            if not ID_PATTERN.match(cid):
-                errors.append(ConfigError("an id is `type` or `type/name` (lower-case type)", path))
+            try:
+                type_name = ComponentID.parse(cid).type
+            except ValueError as exc:
+                errors.append(ConfigError(str(exc), path))
                 continue
-            type_name = cid.split("/", 1)[0]
             try:
                 spec = registry.component(kind, type_name, path=path)  # type: ignore[arg-type]
             except ConfigError as exc:

@@ -4,7 +4,7 @@ Everything that talks to pluggy lives here.  The rest of the code asks the
 :class:`Registry` for component specs by kind and type name; it never calls
 ``pm.hook.*`` itself.
 
-Loading rules (DESIGN.md section 4):
+Loading rules (docs/plugin-authors.md, docs/operations.md):
 
 * each entry point of the ``collector`` group is imported in its own
   ``try/except``; a failure is recorded, not raised, so ``collector plugins``

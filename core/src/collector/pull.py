@@ -5,7 +5,7 @@ A pull receiver (Prometheus, Kubernetes, Run:ai, S3...) subclasses
 
     async def collect(self, window: Window) -> list[Any]   # records for [start, end)
 
-The framework does the rest (DESIGN.md section 8):
+The framework does the rest (docs/plugin-authors.md, "Pull receivers"):
 
 * windows ``[start, end)`` are aligned to the schedule (an ``interval`` is
   aligned to the Unix epoch; a ``cron`` expression, with an optional leading

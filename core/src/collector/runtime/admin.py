@@ -64,9 +64,7 @@ class AdminServer:
             self._runner = None
 
     async def metrics(self, request: web.Request) -> web.Response:
-        service = self.current()
-        if service is not None:
-            service.health()  # refreshes the queue gauges
+        # Queue gauges are read at scrape time (collector.telemetry): nothing to refresh first.
         body = generate_latest(self.telemetry.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

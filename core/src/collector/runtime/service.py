@@ -108,7 +108,7 @@ class Service:
         if q.kind == "memory":
             from collector.runtime.queue.memory import MemoryQueue
 
-            return MemoryQueue(max_bytes=q.max_bytes)
+            return MemoryQueue(max_bytes=q.max_bytes, clock=self.clock)
         from collector.runtime.queue.sqlite import DurableQueue
 
         return DurableQueue(
@@ -118,6 +118,7 @@ class Service:
             commit_wait_ms=q.commit_wait_ms,
             commit_max_events=q.commit_max_events,
             min_free_bytes=q.min_free_bytes,
+            clock=self.clock,
         )
 
     def build_exporter(self, eid: str) -> Exporter[Any]:

@@ -24,7 +24,7 @@ class QueueItem:
 
     id: int
     events: list[dict[str, Any]]
-    enqueued_at: float  # wall-clock seconds (time.time()) of the commit
+    enqueued_at: float  # wall-clock seconds (the queue's Clock.time()) of the commit
     size_bytes: int
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from collector.clock import Clock, SystemClock
 from collector.errors import BackpressureError
 from collector.runtime.queue import QueueItem, QueueStats
 
@@ -17,7 +18,8 @@ from collector.runtime.queue import QueueItem, QueueStats
 class MemoryQueue:
     """Everything in RAM: lost on exit.  Enforces ``max_bytes`` like the durable one."""
 
-    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()  # stamps commits; max_age is measured from them
         self.max_bytes = max_bytes
         self._ids = itertools.count(1)
         self._ready: OrderedDict[int, QueueItem] = OrderedDict()
@@ -34,7 +36,7 @@ class MemoryQueue:
         with self._cond:
             if self._bytes + size > self.max_bytes and (self._ready or self._claimed):
                 raise BackpressureError(f"queue is full ({self._bytes} of {self.max_bytes} bytes)", retry_after=1.0)
-            item = QueueItem(next(self._ids), list(events), time.time(), size)
+            item = QueueItem(next(self._ids), list(events), self._clock.time(), size)
             self._ready[item.id] = item
             self._bytes += size
             self._events += len(events)
@@ -80,7 +82,7 @@ class MemoryQueue:
                 items=len(items),
                 events=self._events,
                 bytes=self._bytes,
-                oldest_age_s=max(0.0, time.time() - oldest) if oldest else 0.0,
+                oldest_age_s=max(0.0, self._clock.time() - oldest) if oldest else 0.0,
                 refusing=self._bytes >= self.max_bytes,
             )
 

@@ -53,6 +53,7 @@ from typing import Any
 import orjson
 
 from collector import sqlite as db
+from collector.clock import Clock, SystemClock
 from collector.errors import BackpressureError
 from collector.runtime.queue import QueueItem, QueueStats
 from collector.runtime.queue.storage import QueueTable
@@ -172,6 +173,7 @@ class DurableQueue:
         commit_max_events: int = 1000,
         min_free_bytes: int = 0,
         on_connect: db.ConnectHook | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"queue name {name!r}: use letters, digits, '_', '-', '.'")
@@ -182,6 +184,8 @@ class DurableQueue:
         )
         if max_bytes <= 0 or commit_max_events <= 0 or commit_wait_ms < 0:
             raise ValueError("max_bytes and commit_max_events must be > 0, commit_wait_ms >= 0")
+        # Stamps commits (enqueued_at, which max_age is measured from): the service's clock, so tests can move it.
+        self._clock: Clock = clock or SystemClock()
         self.directory = Path(directory)
         self.name = name
         self.max_bytes = max_bytes
@@ -429,7 +433,7 @@ class DurableQueue:
         accepted, parts, answers = self._admit(group)
         if accepted:
             count = sum(len(p.events) for p in accepted)
-            enqueued_at = time.time()
+            enqueued_at = self._clock.time()
             error = self._write(_encode(enqueued_at, count, parts), count, enqueued_at)
             answers.extend((p, error) for p in accepted)
         self._answer(answers)
@@ -683,7 +687,7 @@ class DurableQueue:
                 items=len(self._meta),
                 events=self._events,
                 bytes=self._bytes,
-                oldest_age_s=max(0.0, time.time() - oldest.enqueued_at) if oldest else 0.0,
+                oldest_age_s=max(0.0, self._clock.time() - oldest.enqueued_at) if oldest else 0.0,
                 refusing=self._full or (self._disk_full and time.monotonic() < self._disk_retry_at),
                 quarantined=self._quarantined,
             )
