@@ -7,38 +7,45 @@ configuration uses them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.hookspecs import hookimpl
 from collector.specs import ComponentSpec, FunctionSpec
 
+if TYPE_CHECKING:
+    from collector.builtin.debug import DebugExporterConfig
+    from collector.builtin.http.config import HttpReceiverConfig
+    from collector.builtin.local_coordinator import LocalCoordinatorConfig
+    from collector.builtin.openmeter.config import OpenMeterExporterConfig
+    from collector.components import ComponentContext, Coordinator, Exporter, Receiver
 
-def _http_receiver(ctx: Any, cfg: Any) -> Any:
+
+def _http_receiver(ctx: ComponentContext, cfg: HttpReceiverConfig) -> Receiver[HttpReceiverConfig]:
     from collector.builtin.http.receiver import HttpReceiver
 
     return HttpReceiver(ctx, cfg)
 
 
-def _debug_exporter(ctx: Any, cfg: Any) -> Any:
+def _debug_exporter(ctx: ComponentContext, cfg: DebugExporterConfig) -> Exporter[DebugExporterConfig]:
     from collector.builtin.debug import DebugExporter
 
     return DebugExporter(ctx, cfg)
 
 
-def _openmeter_exporter(ctx: Any, cfg: Any) -> Any:
+def _openmeter_exporter(ctx: ComponentContext, cfg: OpenMeterExporterConfig) -> Exporter[OpenMeterExporterConfig]:
     from collector.builtin.openmeter.exporter import OpenMeterExporter
 
     return OpenMeterExporter(ctx, cfg)
 
 
-def _local_coordinator(ctx: Any, cfg: Any) -> Any:
+def _local_coordinator(ctx: ComponentContext, cfg: LocalCoordinatorConfig) -> Coordinator[LocalCoordinatorConfig]:
     from collector.components import Coordinator
 
     return Coordinator(ctx, cfg)
 
 
 @hookimpl
-def collector_receivers() -> list[ComponentSpec]:
+def collector_receivers() -> list[ComponentSpec[Any]]:
     from collector.builtin.http.config import HttpReceiverConfig
 
     return [
@@ -101,10 +108,10 @@ _PROCESSORS: list[tuple[str, str, str, str, str]] = [
 
 
 @hookimpl
-def collector_processors() -> list[ComponentSpec]:
+def collector_processors() -> list[ComponentSpec[Any]]:
     from importlib import import_module
 
-    specs = []
+    specs: list[ComponentSpec[Any]] = []
     for type_name, module, config_cls, impl_cls, description in _PROCESSORS:
         mod = f"collector.builtin.processors.{module}"
         config = getattr(import_module(mod), config_cls)
@@ -113,7 +120,7 @@ def collector_processors() -> list[ComponentSpec]:
 
 
 @hookimpl
-def collector_exporters() -> list[ComponentSpec]:
+def collector_exporters() -> list[ComponentSpec[Any]]:
     from collector.builtin.debug import DebugExporterConfig
     from collector.builtin.openmeter.config import OpenMeterExporterConfig
 
@@ -136,7 +143,7 @@ def collector_exporters() -> list[ComponentSpec]:
 
 
 @hookimpl
-def collector_coordinators() -> list[ComponentSpec]:
+def collector_coordinators() -> list[ComponentSpec[Any]]:
     from collector.builtin.local_coordinator import LocalCoordinatorConfig
 
     return [
