@@ -27,7 +27,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not soak" -q
 
-## The long oracle crash run (200+ kill -9 trials).
+## The long soak (COLLECTOR_SOAK_TRIALS, default 200): the oracle's worker crash loop (kill -9 during
+## ingest, restart), then disk-full and queue-corruption injection (COLLECTOR_SOAK_TRIALS / 20 cycles each;
+## tests/reliability/test_soak_faults.py). Replay a run with COLLECTOR_ORACLE_SEED.
 soak: $(STAMP)
 	COLLECTOR_SOAK_TRIALS=$${COLLECTOR_SOAK_TRIALS:-200} $(BIN)/python -m pytest -m soak -q -s tests/reliability
 

@@ -456,3 +456,65 @@ def test_enospc_while_dead_lettering_then_space_returns(tmp_path: Path) -> None:
             "sender task dies and its queue item stays claimed and unacked until a restart, even after space "
             "returns. Evidence: " + json.dumps(evidence, default=str)
         )
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.mark.slow
+def test_enospc_dead_letters_keep_the_reserve_and_a_stuck_sender_shows(tmp_path: Path) -> None:
+    """Issue 10, point 6: dead letters written while the disk is nearly full must not
+    eat the ``min_free_bytes`` reserve (they used to, WAL and all, until every write
+    failed with "database or disk is full" while /health said ok).  They are refused
+    like the queue's writes; the sender, unable to make progress, shows in /ready
+    with the reason after 30 s; once space returns it finishes by itself."""
+    reserve = 3 * 1024 * 1024
+    with tmpfs(tmp_path / "mnt", "12m") as mnt, FakeOpenMeter.in_thread() as fake:
+        cfg = _config(mnt / "storage", fake, queue={"min_free_bytes": reserve}, batch={"max_events": 10})
+        with CollectorProcess(tmp_path / "work", cfg) as proc:
+            proc.start()
+            proc.wait_started()
+            sender = Sender(proc.ingest_url, "rsv")
+            fake.reject_ids({f"rsv-{i}" for i in range(40)})  # every event: 400, dead-lettered one by one
+            fake.pause_listening_sync(None)
+            assert sender.post(n=40, pad=20_000)[0] == 204
+            deadline = time.monotonic() + 10
+            while (proc.exporter_health() or {}).get("in_flight_events", 0) == 0:  # queued and claimed
+                assert time.monotonic() < deadline, proc.log_tail()
+                time.sleep(0.05)
+            # Room above the reserve for part of the 40 dead letters (~0.8 MB), not all.
+            _fill_disk(mnt / "ballast.bin", max(0, _free(mnt) - reserve - 400_000))
+            lowest = _free(mnt)
+            assert lowest >= reserve
+            fake.resume_listening_sync()
+            deadline = time.monotonic() + 60
+            status, body = proc.get("/ready")
+            while time.monotonic() < deadline and not (status == 503 and b"sender stuck" in body):
+                lowest = min(lowest, _free(mnt))
+                time.sleep(0.25)
+                status, body = proc.get("/ready")
+            lowest = min(lowest, _free(mnt))
+            health = proc.exporter_health() or {}
+            assert lowest >= reserve - 64 * 1024, f"dead letters ate the reserve: {lowest} of {reserve} bytes free"
+            assert status == 503 and b"sender stuck: dead-letter writes failing" in body, (status, body, health)
+            assert "min_free_bytes" in health.get("stuck_reason", ""), health
+
+            (mnt / "ballast.bin").unlink()  # space returns: the sender finishes by itself
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                health = proc.exporter_health() or {}
+                if health["queue"]["events"] == 0 and proc.get("/ready")[0] == 200:
+                    break
+                time.sleep(0.25)
+            assert health["queue"]["events"] == 0 and "stuck_reason" not in health, health
+            dead = subprocess.run(
+                [*collector_command(), "dlq", "list", "-c", str(proc.config_path), "--json", "--limit", "100"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            assert proc.stop() == 0
+    assert len(dead.splitlines()) == 40, dead[:500]

@@ -275,6 +275,12 @@ class Fault:
     * ``retry_after``: seconds (rounded up to an integer, as HTTP requires) or a
       verbatim header string; with ``retry_after_date`` the header is an HTTP-date
       that many seconds ahead (default 1).
+    * ``location``: a ``Location`` header, for a redirect (``status`` 3xx).
+    * ``echo_authorization``: the problem's ``detail`` repeats the request's
+      ``Authorization`` header, as a careless proxy or gateway does.
+    * ``body_bytes``: the error body is this many bytes, streamed in 64 KiB chunks;
+      ``FakeOpenMeter.streamed_error_bytes`` then says how many were written before
+      the client stopped reading (or all of them).
     """
 
     status: int | None = None
@@ -284,10 +290,19 @@ class Fault:
     commit: bool = False
     detail: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    location: str | None = None
+    echo_authorization: bool = False
+    body_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and not 100 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP status code, not {self.status!r}")
+        if (self.location is not None or self.echo_authorization or self.body_bytes is not None) and (
+            self.status is None or self.commit
+        ):
+            raise ValueError("location, echo_authorization and body_bytes need a status and no commit")
+        if self.body_bytes is not None and self.body_bytes < 0:
+            raise ValueError("body_bytes must be >= 0")
         if self.delay < 0:
             raise ValueError("delay must be >= 0")
         if self.commit and self.status is None:
@@ -398,6 +413,8 @@ class FakeOpenMeter:
         self._faults: deque[Fault] = deque()
         self._unauthorized_until: float | None = None  # time.monotonic() deadline
         self._rejected_ids: frozenset[str] = frozenset()
+        self._sink_hits: list[tuple[str, str, int]] = []  # (method, path, body bytes)
+        self._streamed_error_bytes: list[int] = []  # one entry per finished body_bytes fault
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -490,6 +507,7 @@ class FakeOpenMeter:
         app = web.Application(middlewares=[self._problem_middleware])
         for path in INGEST_PATHS:
             app.router.add_post(path, self._handle_ingest)
+        app.router.add_route("*", "/_sink/{tail:.*}", self._handle_sink)
         if self.control:
             app.router.add_post("/_control/faults", self._handle_control_faults)
             app.router.add_post("/_control/reset", self._handle_control_reset)
@@ -596,12 +614,33 @@ class FakeOpenMeter:
         with self._lock:
             return len(self._faults)
 
+    @property
+    def sink_url(self) -> str:
+        """A URL that answers 200 to any method and records the hit: a redirect
+        target that would "accept" whatever a client sends after following it."""
+        return self.url + "/_sink/events"
+
+    @property
+    def sink_hits(self) -> list[tuple[str, str, int]]:
+        """Requests that reached ``sink_url`` (or below ``/_sink/``): (method, path, body bytes)."""
+        with self._lock:
+            return list(self._sink_hits)
+
+    @property
+    def streamed_error_bytes(self) -> list[int]:
+        """Bytes written of each finished ``body_bytes`` error body, in order: fewer
+        than ``body_bytes`` when the client closed the connection early."""
+        with self._lock:
+            return list(self._streamed_error_bytes)
+
     def reset(self) -> None:
         """Forget arrivals, the request log and all faults (the record file is kept)."""
         with self._lock:
             self._arrivals.clear()
             self._counts.clear()
             self._requests.clear()
+            self._sink_hits.clear()
+            self._streamed_error_bytes.clear()
         self.clear_faults()
 
     async def wait_for_ids(self, ids: Iterable[str | tuple[str, str]], timeout: float = 10.0) -> None:
@@ -680,6 +719,16 @@ class FakeOpenMeter:
         if count < 1:
             raise ValueError("count must be >= 1")
         self.queue_faults([Fault(status=then_status, delay=seconds)] * count)
+
+    def redirect_next(self, status: int, location: str, count: int = 1) -> None:
+        """Answer the next ``count`` ingest requests with a redirect (301, 302, 303,
+        307 or 308) to ``location``; nothing is recorded here.  ``sink_url`` (of
+        this fake or another) is a target that answers 200 to anything."""
+        if not 300 <= status <= 399:
+            raise ValueError(f"a redirect is a 3xx status, not {status}")
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        self.queue_faults([Fault(status=status, location=location, detail=f"moved to {location}")] * count)
 
     def queue_faults(self, faults: Iterable[Fault]) -> None:
         """Append scripted responses; each ingest request consumes one, in order."""
@@ -761,11 +810,14 @@ class FakeOpenMeter:
             # stall that outlives the client's timeout still completes below.
             await asyncio.sleep(fault.delay)
         if fault is not None and fault.status is not None and not fault.commit:
-            return self._respond(path, n_events, self._fault_response(fault))
+            if fault.body_bytes is not None:
+                self._log(path, fault.status, n_events)
+                return await self._stream_error(request, fault)
+            return self._respond(path, n_events, self._fault_response(fault, request))
 
         response = self._check_and_record(request, path, body, ct_error, parsed)
         if fault is not None and fault.commit and response.status == INGEST_PATHS[path]:
-            response = self._fault_response(fault)  # recorded, but the ack is "lost"
+            response = self._fault_response(fault, request)  # recorded, but the ack is "lost"
         return self._respond(path, n_events, response)
 
     def _check_and_record(
@@ -826,15 +878,55 @@ class FakeOpenMeter:
             self._record_file.write("".join(lines))
             self._record_file.flush()
 
-    def _fault_response(self, fault: Fault) -> web.Response:
+    def _fault_headers(self, fault: Fault) -> dict[str, str]:
         headers = dict(fault.headers)
         retry_after = fault.retry_after_header()
         if retry_after is not None:
             headers["Retry-After"] = retry_after
+        if fault.location is not None:
+            headers["Location"] = fault.location
         if fault.status == 401:
             headers.setdefault("WWW-Authenticate", "Bearer")
+        return headers
+
+    def _fault_response(self, fault: Fault, request: web.Request) -> web.Response:
         assert fault.status is not None
-        return _problem(fault.status, fault.detail or "injected fault", headers=headers)
+        detail = fault.detail or "injected fault"
+        if fault.echo_authorization:
+            detail += f" (you sent Authorization: {request.headers.get('Authorization', '<none>')})"
+        return _problem(fault.status, detail, headers=self._fault_headers(fault))
+
+    async def _stream_error(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        """An error body of ``fault.body_bytes`` bytes, written chunk by chunk with
+        back-pressure, counting what the client let us write."""
+        assert fault.status is not None and fault.body_bytes is not None
+        total = fault.body_bytes
+        response = web.StreamResponse(status=fault.status, headers=self._fault_headers(fault))
+        response.content_type = "text/plain"
+        response.content_length = total
+        chunk = b"x" * (64 * 1024)
+        written = 0
+        try:
+            await response.prepare(request)
+            while written < total:
+                part = chunk[: min(len(chunk), total - written)]
+                await response.write(part)
+                written += len(part)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client closed the connection without reading the rest
+        finally:
+            with self._changed:
+                self._streamed_error_bytes.append(written)
+                self._changed.notify_all()
+        return response
+
+    async def _handle_sink(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        with self._changed:
+            self._sink_hits.append((request.method, request.path, len(body)))
+            self._changed.notify_all()
+        return web.Response(status=200, text="ok")
 
     def _respond(self, path: str, n_events: int, response: web.Response) -> web.Response:
         self._log(path, response.status, n_events)
@@ -853,6 +945,7 @@ class FakeOpenMeter:
         {"action": "fail_next", "status": 503, "count": 2, "retry_after": 1}
         {"action": "fail_next", "status": 429, "retry_after": 2, "retry_after_date": true}
         {"action": "stall_next", "seconds": 5, "count": 1, "then_status": null}
+        {"action": "redirect_next", "status": 307, "location": "http://...", "count": 1}
         {"action": "unauthorized_for", "seconds": 2.0}        # null: until cleared
         {"action": "reject_ids", "ids": ["id-7"]}
         {"action": "queue_faults", "faults": [{"status": 500}, {"delay": 1.0}]}
@@ -876,6 +969,8 @@ class FakeOpenMeter:
             self.fail_next(**action)
         elif name == "stall_next":
             self.stall_next(**action)
+        elif name == "redirect_next":
+            self.redirect_next(**action)
         elif name == "unauthorized_for":
             self.unauthorized_for(action.get("seconds"))
         elif name == "reject_ids":

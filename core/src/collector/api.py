@@ -14,10 +14,14 @@ other module of ``collector`` is internal and may change in any release;
 docs/plugin-api.md.
 
 Importing this module is cheap (no aiohttp, no SQLite work): plugins import it
-at hook time.
+at hook time.  :func:`start_http_server` (a receiver's HTTP listener with the
+core's header and idle timeouts and connection cap) imports aiohttp and
+:mod:`collector.httpserver` on its first call.
 """
 
 from __future__ import annotations
+
+import typing
 
 from collector.auth import AuthConfig, BearerAuth
 from collector.backoff import Backoff
@@ -68,9 +72,44 @@ from collector.httpclient import HttpClientConfig, HttpUrl, check_http_url
 from collector.mapping import CompiledMapping, FunctionMap, MappingCompileError, compile_expression
 from collector.metrics import Meter
 from collector.pull import PullReceiver, ScheduleConfig, Window
+from collector.serverlimits import ErrorBody, HttpServerHandle, Log, ServerLimits, ServerLimitsConfig
 from collector.specs import KINDS, ComponentID, ComponentKind, ComponentSpec, FunctionSpec
 from collector.state import Entry, StateFullError, StateStore
 from collector.tls import TlsConfig
+
+if typing.TYPE_CHECKING:  # (plain imports: test_layering reads `from X import` as a module re-exported here)
+    import aiohttp.web
+
+
+async def start_http_server(
+    app: aiohttp.web.Application,
+    host: str,
+    port: int,
+    *,
+    name: str,
+    limits: ServerLimits,
+    clock: Clock,
+    log: Log,
+    ssl: typing.Any = None,
+    error_body: ErrorBody | None = None,
+) -> HttpServerHandle:
+    """Serve an aiohttp ``app`` on ``host:port`` (port 0: a free one) with the limits an exposed port needs.
+
+    ``limits`` (from :meth:`ServerLimitsConfig.limits`): a connection must send its request line and
+    headers within ``header_timeout`` (else 408 and closed), a kept-alive one is closed after
+    ``idle_timeout`` without a request, and one over ``max_connections`` is answered 503
+    (``Retry-After: 1``) and closed at once.  aiohttp's own protocol errors are answered 400/415 and
+    logged on one line (``log``, at most one per 10 s of ``clock``), as are failed ``accept()`` calls
+    when descriptors run out.  ``name`` (the component id) goes into those lines, ``ssl`` is an
+    :class:`ssl.SSLContext` for HTTPS, ``error_body`` words the errors the listener answers itself
+    (default: ``application/problem+json``).  Returns once listening; the handle gives the ``port``,
+    ``connections``, ``refused_connections``, ``stop_accepting()`` and ``stop()``.  aiohttp is imported
+    here, on the first call, not when ``collector.api`` is.
+    """
+    from collector.httpserver import start_http_server as start
+
+    return await start(app, host, port, name=name, limits=limits, clock=clock, log=log, ssl=ssl, error_body=error_body)
+
 
 #: The version of this API (not of the collector-core distribution).
 API_VERSION = "0.2"
@@ -104,6 +143,7 @@ __all__ = [
     "Duration",
     "Endpoint",
     "Entry",
+    "ErrorBody",
     "Event",
     "EventRules",
     "Exporter",
@@ -112,6 +152,7 @@ __all__ = [
     "FunctionMap",
     "FunctionSpec",
     "HttpClientConfig",
+    "HttpServerHandle",
     "HttpUrl",
     "MappingCompileError",
     "Meta",
@@ -126,6 +167,8 @@ __all__ = [
     "RetrySettings",
     "RetryableError",
     "ScheduleConfig",
+    "ServerLimits",
+    "ServerLimitsConfig",
     "StateFullError",
     "StateStore",
     "SystemClock",
@@ -143,6 +186,7 @@ __all__ = [
     "parse_endpoint",
     "parse_size",
     "stable_id",
+    "start_http_server",
     "utcnow",
     "validate_event",
     "validate_events",

@@ -55,7 +55,7 @@ class AuthConfig(_Strict):
         return out
 
     def bearer_tokens(self, path: str, redactor: Any) -> list[bytes]:
-        """The ``Authorization`` values to accept (``Bearer <token>``), for :class:`BearerAuth`.
+        """The tokens to accept (UTF-8 bytes), for :class:`BearerAuth`.
 
         Raises ConfigError at ``path`` when a source cannot be read or yields
         nothing; registers every token with the log redactor.
@@ -67,7 +67,7 @@ class AuthConfig(_Strict):
         if self.enabled and not tokens:
             raise ConfigError("auth is configured but yields no token", path)
         redactor.add(*tokens)
-        return [f"Bearer {t}".encode() for t in tokens]
+        return [t.encode() for t in tokens]
 
     @property
     def enabled(self) -> bool:
@@ -77,8 +77,11 @@ class AuthConfig(_Strict):
 class BearerAuth:
     """Checks ``Authorization`` headers against the configured tokens.
 
-    Every token is compared in constant time (``hmac.compare_digest``), and a
-    header that is not valid UTF-8 is compared as its raw bytes, never an error.
+    The header is ``<scheme> <token>``: the scheme ``Bearer`` in any case
+    (RFC 7235 §2.1: auth schemes are case-insensitive), then one or more
+    spaces, then the token, which is compared exactly and in constant time
+    (``hmac.compare_digest``) with every configured one.  A header that is not
+    valid UTF-8 is compared as its raw bytes, never an error.
     """
 
     def __init__(self, accepted: list[bytes]) -> None:
@@ -92,7 +95,11 @@ class BearerAuth:
         if not self.accepted:
             return True
         given = header.encode("utf-8", "surrogateescape") if isinstance(header, str) else (header or b"")
+        scheme, sep, token = given.partition(b" ")
+        token = token.lstrip(b" ")
+        # a wrong scheme still costs one comparison per token, like a wrong token
+        scheme_ok = bool(sep) and scheme.lower() == b"bearer"
         ok = False
-        for token in self.accepted:  # compare with all, in constant time each
-            ok |= hmac.compare_digest(given, token)
-        return ok
+        for accepted in self.accepted:  # compare with all, in constant time each
+            ok |= hmac.compare_digest(token, accepted)
+        return ok and scheme_ok

@@ -16,7 +16,11 @@ in an SQLite file, and each needs the same three things, kept here once:
   error is raised to the caller, never a reason to set data aside.
 * **Disk full.** ``SQLITE_FULL`` or ``ENOSPC``, recognised the same way by
   every store, so that each refuses new data with backpressure and recovers
-  by itself when space returns.
+  by itself when space returns; and one free-space check
+  (:func:`below_reserve`) for the ``min_free_bytes`` reserve that the queue
+  and the dead letters both keep.
+* **Salvage.** :func:`read_salvageable` reads every row it still can from a
+  damaged file, one page range at a time, and counts the rows it cannot.
 
 A low-level module: it imports nothing of the runtime, the CLI or the
 configuration, so every store (and persist-queue's connections) can use it.
@@ -27,13 +31,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 log = logging.getLogger("collector.sqlite")
 
@@ -145,6 +152,48 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
+def free_bytes(directory: Path, enough: int, *, inside: Callable[[], int] | None = None) -> int:
+    """Free space for a store in ``directory``: the file system's, plus ``inside()`` (free pages in the file).
+
+    ``inside`` is only asked when the file system alone has less than
+    ``enough``: a statvfs per write is cheap, queries under a store's lock
+    are not.  An unreadable file system counts as roomy (the write itself
+    then finds out).
+    """
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 1 << 62
+    free = st.f_bavail * st.f_frsize
+    if free >= enough or inside is None:
+        return free
+    try:
+        free += inside()
+    except (sqlite3.Error, RuntimeError):
+        pass
+    return free
+
+
+def below_reserve(directory: Path, reserve: int, size: int, *, inside: Callable[[], int] | None = None) -> bool:
+    """True when writing ``size`` bytes in ``directory`` would leave less than ``reserve`` free.
+
+    The ``min_free_bytes`` check of every store (docs/delivery.md, "Disk
+    full"): a write that would eat into the reserve is refused like a full
+    disk, so that draining (acks, checkpoints) keeps room.  ``reserve`` 0
+    never refuses.
+    """
+    if reserve <= 0:
+        return False
+    return free_bytes(directory, reserve + size, inside=inside) - size < reserve
+
+
+def free_pages_bytes(conn: sqlite3.Connection) -> int:
+    """Room inside a database file: pages freed by deletes, reused before the file grows."""
+    pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return int(pages) * int(size)
+
+
 def move_aside(path: Path) -> Path:
     """Rename ``path`` and its ``-wal``/``-shm``/``-journal`` files to ``*.corrupt-<stamp>``.
 
@@ -184,17 +233,131 @@ def open_or_move_aside(
         return open_store(), moved
 
 
+#: At most this many row ids are looked up one by one in a damaged range.
+SALVAGE_MAX_PROBES = 1_000_000
+_ASIDE = re.compile(r"^(?P<base>.*)\.corrupt-(?P<stamp>[^/]*)$")
+
+
+@dataclass
+class Salvage:
+    """What :func:`read_salvageable` could read from a damaged file."""
+
+    rows: list[tuple[Any, ...]]  # readable rows, by key
+    unreadable: int  # row ids in damaged ranges that could not be read (at most this many rows)
+    error: str | None = None  # why nothing at all could be read (the schema is damaged), else None
+
+
+def wal_of(path: Path) -> Path:
+    """The ``-wal`` file that was moved aside with ``path`` (``x.db.corrupt-S`` -> ``x.db-wal.corrupt-S``)."""
+    match = _ASIDE.match(path.name)
+    if match is None:
+        return Path(f"{path}-wal")
+    return path.with_name(f"{match['base']}-wal.corrupt-{match['stamp']}")
+
+
+def read_salvageable(path: Path, table: str, *, key: str, columns: str) -> Salvage:
+    """Every row of ``table`` that can still be read from the damaged database ``path``.
+
+    ``path`` is never changed: it (and its moved-aside WAL, see
+    :func:`wal_of`) is copied to a temporary directory beside it and read
+    there.  The table is scanned by ``key`` upwards until the first error,
+    then downwards until the first error, and the ids in between are looked
+    up one at a time: a lookup that fails is a row lost to the damage.
+    """
+    work = Path(tempfile.mkdtemp(prefix=".salvage-", dir=path.parent))
+    try:
+        copy = work / "salvage.db"
+        shutil.copyfile(path, copy)
+        wal = wal_of(path)
+        attempts = [True, False] if wal.exists() else [False]
+        last = "no attempt"
+        for with_wal in attempts:
+            if with_wal:
+                shutil.copyfile(wal, Path(f"{copy}-wal"))
+            else:
+                Path(f"{copy}-wal").unlink(missing_ok=True)
+                Path(f"{copy}-shm").unlink(missing_ok=True)
+            try:
+                conn = sqlite3.connect(str(copy), isolation_level=None)
+            except sqlite3.Error as exc:
+                last = str(exc)
+                continue
+            try:
+                return _salvage_rows(conn, table, key, columns)
+            except sqlite3.DatabaseError as exc:  # the schema itself: try without the WAL
+                last = str(exc)
+            finally:
+                conn.close()
+        return Salvage([], 0, error=last)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _salvage_rows(conn: sqlite3.Connection, table: str, key: str, columns: str) -> Salvage:
+    conn.execute("SELECT name FROM sqlite_master").fetchall()  # the schema itself: raises if unreadable
+    select = f"SELECT {key}, {columns} FROM {table}"
+    rows: dict[int, tuple[Any, ...]] = {}
+    low = _scan(conn, f"{select} WHERE {key} > ? ORDER BY {key}", 0, rows, up=True)  # ids start at 1
+    if low is None:  # read to the end: nothing damaged in this table
+        return Salvage([rows[k] for k in sorted(rows)], 0)
+    high = _scan(conn, f"{select} WHERE {key} < ? ORDER BY {key} DESC", 1 << 62, rows, up=False)
+    if high is None or high >= 1 << 62:
+        high = _highest_id(conn, table, low)
+    unreadable = 0
+    for item_id in range(low + 1, min(high, low + 1 + SALVAGE_MAX_PROBES)):
+        try:
+            row = conn.execute(f"{select} WHERE {key} = ?", (item_id,)).fetchone()
+        except sqlite3.DatabaseError:
+            unreadable += 1
+            continue
+        if row is not None:
+            rows[int(row[0])] = row
+    if high - low - 1 > SALVAGE_MAX_PROBES:
+        log.error(
+            "salvage of %s: %d ids past the probe limit were not tried", table, high - low - 1 - SALVAGE_MAX_PROBES
+        )
+    return Salvage([rows[k] for k in sorted(rows)], unreadable)
+
+
+def _scan(conn: sqlite3.Connection, sql: str, start: int, rows: dict[int, tuple[Any, ...]], *, up: bool) -> int | None:
+    """Rows in key order from ``start`` until an error: the last key read (``start`` if none), None at the end."""
+    last = start
+    try:
+        for row in conn.execute(sql, (start,)):
+            last = int(row[0])
+            rows[last] = row
+    except sqlite3.DatabaseError:
+        return last
+    return None if up else last if last != start else None
+
+
+def _highest_id(conn: sqlite3.Connection, table: str, low: int) -> int:
+    """One past the highest id the table has handed out (AUTOINCREMENT's sqlite_sequence), if readable."""
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table.strip('`"'),)).fetchone()
+    except sqlite3.DatabaseError:
+        row = None
+    return int(row[0]) + 1 if row else low + 1  # unknown: nothing to probe
+
+
 __all__ = [
+    "SALVAGE_MAX_PROBES",
     "SYNCHRONOUS",
     "ConnectHook",
     "Durability",
     "Pragmas",
+    "Salvage",
+    "below_reserve",
     "configure",
     "connect",
+    "free_bytes",
+    "free_pages_bytes",
     "is_corrupt",
     "is_disk_full",
     "move_aside",
     "open_or_move_aside",
+    "read_salvageable",
     "synchronous_for",
     "transaction",
+    "wal_of",
 ]

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from collector.metrics import Meter
@@ -55,6 +55,7 @@ class ExporterGauges:
     in_flight_events: int
     paused: bool
     dead_letter_events: int
+    queue_salvaged: int = 0  # events salvaged from damaged queue files since start
 
 
 _EXPORTER_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -62,10 +63,19 @@ _EXPORTER_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("collector_queue_bytes", "Serialised bytes in the queue.", "queue_bytes"),
     ("collector_queue_oldest_age_seconds", "Age of the oldest queued event.", "queue_oldest_age_s"),
     ("collector_queue_refusing", "1 while the queue refuses new data (full or disk full).", "queue_refusing"),
-    ("collector_queue_quarantined_items", "Unreadable queue items moved aside.", "queue_quarantined"),
     ("collector_exporter_in_flight_events", "Events taken from the queue and not yet finished.", "in_flight_events"),
     ("collector_exporter_paused", "1 while the exporter is paused on an authentication error.", "paused"),
     ("collector_dead_letter_events", "Events in the dead-letter store.", "dead_letter_events"),
+)
+
+# Counters since start, read from memory at scrape time like the gauges (the ``_total`` suffix is added).
+_EXPORTER_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("collector_queue_salvaged_events", "Events salvaged from damaged queue files.", "queue_salvaged"),
+    (
+        "collector_queue_quarantined_items",
+        "Unreadable queue items set aside (damaged rows included).",
+        "queue_quarantined",
+    ),
 )
 
 
@@ -91,12 +101,20 @@ class ExporterGaugeCollector(Collector):
             self._sources.pop(exporter_id, None)
 
     def describe(self) -> Iterable[Metric]:
-        return [GaugeMetricFamily(name, doc, labels=["exporter"]) for name, doc, _ in _EXPORTER_GAUGES]
+        return [
+            *(GaugeMetricFamily(name, doc, labels=["exporter"]) for name, doc, _ in _EXPORTER_GAUGES),
+            *(CounterMetricFamily(name, doc, labels=["exporter"]) for name, doc, _ in _EXPORTER_COUNTERS),
+        ]
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             sources = list(self._sources.items())
-        families = [(GaugeMetricFamily(name, doc, labels=["exporter"]), attr) for name, doc, attr in _EXPORTER_GAUGES]
+        families: list[tuple[GaugeMetricFamily | CounterMetricFamily, str]] = [
+            (GaugeMetricFamily(name, doc, labels=["exporter"]), attr) for name, doc, attr in _EXPORTER_GAUGES
+        ]
+        families += [
+            (CounterMetricFamily(name, doc, labels=["exporter"]), attr) for name, doc, attr in _EXPORTER_COUNTERS
+        ]
         for exporter_id, read in sources:
             try:
                 values = read()
@@ -211,6 +229,13 @@ class Metrics:
         )
         self.up = Gauge("collector_up", "1 while the service runs.", registry=r)
         self.start_time = Gauge("collector_start_time_seconds", "Unix time the service started.", registry=r)
+        # Set at start: queues left by exporters no longer configured (collector.runtime.orphans).
+        self.orphaned_queue_events = Gauge(
+            "collector_orphaned_queue_events",
+            "Events in the queue of an exporter directory no configured exporter owns (renamed or removed).",
+            ["queue"],
+            registry=r,
+        )
 
 
 # -- logs -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from otlp_support import (
     sum_request,
 )
 
+from collector.clock import FakeClock
 from collector.errors import RetryableError
 from collector.testing import run_pipeline
 
@@ -176,3 +177,45 @@ async def test_a_refused_export_under_backpressure_counts_once_when_retried(regi
             await send_until_accepted(ch, sum_request([(30, 135, {"user": "acme"})]))
         events = await arrived(p, 3)
     assert billed(events) == {"acme": 135}
+
+
+async def test_a_full_delta_state_refuses_new_series_visibly_and_expired_ones_make_room(registry, tmp_path, caplog):
+    """Issue 10, point 12: the state is bounded, and a refusal is counted, logged and answered."""
+    clock = FakeClock()
+    text = pipeline_yaml(receiver="metrics: {max_series: 3, series_ttl: 1h}", mapping=METER_MAPPING)
+
+    def sample(p, name: str) -> float:
+        value = p.service.telemetry.metrics.registry.get_sample_value(name, {"receiver": "otlp"})
+        return value or 0.0
+
+    def refusal_logs() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "max_series" in r.getMessage()]
+
+    async with run_pipeline(text, tmp_path, registry=registry, clock=clock) as p:
+        port = p.service.receivers["otlp"].grpc.port
+        with grpc_channel(port) as ch:
+
+            def export(*pts):
+                return grpc_export(ch, "metrics", sum_request(list(pts))).partial_success
+
+            five = [(10, 100 + i, {"user": f"u{i}"}) for i in range(5)]
+            answer = await asyncio.to_thread(export, *five)
+            assert answer.rejected_data_points == 2
+            assert "max_series" in answer.error_message
+            assert sample(p, "collector_otlp_delta_series") == 3
+            assert sample(p, "collector_otlp_delta_refused_series_total") == 2
+            assert len(refusal_logs()) == 1
+            assert p.service.receivers["otlp"].health()["delta_series"] == {"series": 3, "max_series": 3}
+            # the known series go on; the refused ones again: counted, but not logged again so soon
+            answer = await asyncio.to_thread(export, *[(20, 200 + i, {"user": f"u{i}"}) for i in range(5)])
+            assert answer.rejected_data_points == 2
+            assert sample(p, "collector_otlp_delta_refused_series_total") == 4
+            assert len(refusal_logs()) == 1
+            # two hours later, only u0 is still reporting: the others expire and make room
+            clock.advance(1800)
+            await asyncio.to_thread(export, (30, 300, {"user": "u0"}))
+            clock.advance(1801)
+            answer = await asyncio.to_thread(export, (40, 1, {"user": "u3"}), (40, 2, {"user": "u4"}))
+            assert answer.rejected_data_points == 0
+            assert sample(p, "collector_otlp_delta_series") == 3
+            assert sample(p, "collector_otlp_delta_refused_series_total") == 4

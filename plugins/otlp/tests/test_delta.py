@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from collector_plugin_otlp.delta import NS_RUNS, DeltaState
+from collector_plugin_otlp.delta import DEFAULT_MAX_SERIES, DEFAULT_SERIES_TTL, NS_RUNS, NS_SERIES, DeltaState
 from collector_plugin_otlp.records import metric_points
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from otlp_support import T0, sum_request
@@ -24,19 +24,20 @@ class Harness:
     def __init__(self, directory: Path, **kwargs) -> None:
         self.directory = directory
         self.kwargs = kwargs
+        self.now = NOW  # the collector's clock
         self.state = self._open()
 
     def _open(self) -> DeltaState:
         state = DeltaState(self.directory, **self.kwargs)
-        state.open(NOW)
+        state.open(self.now)
         return state
 
     def export(self, pts, *, rejected: set[int] | None = frozenset(), settle: bool = True):
-        stored = self.state.read({p.series for p in pts}, NOW)
+        stored = self.state.read({p.series for p in pts}, self.now)
         plan = self.state.plan(pts, stored)
-        self.state.write(plan, NOW)
+        self.state.write(plan, self.now)
         if settle:
-            self.state.settle(plan, None if rejected is None else set(rejected), NOW)
+            self.state.settle(plan, None if rejected is None else set(rejected), self.now)
         return plan
 
     def values(self, pts, **kwargs) -> list:
@@ -189,3 +190,81 @@ def test_series_ttl_forgets_silent_series(tmp_path):
     h.export(points((10, 5, {})))
     stored = h.state.read({points((10, 5, {}))[0].series}, NOW + 120)
     assert stored == {}
+
+
+# -- bounds: max_series, series_ttl, the WAL (issue 10, point 12) ------------------------------
+
+
+def many(t: int, n: int, start: int = 0):
+    return points(*[(t, 1 + t, {"u": str(i)}) for i in range(start, start + n)])
+
+
+def test_the_defaults_bound_the_state():
+    state = DeltaState(Path("unused"))
+    assert state.max_series == DEFAULT_MAX_SERIES == 100_000
+    assert state.series_ttl == DEFAULT_SERIES_TTL == 24 * 3600
+
+
+def test_max_series_holds_the_count_and_refuses_the_points_of_new_series(tmp_path):
+    h = Harness(tmp_path, max_series=10)
+    plan = h.export(many(10, 15))
+    assert len(plan.records) == 10
+    assert plan.refused == list(range(10, 15))  # the data points (request ordinals) dropped
+    assert h.state.store.count(NS_SERIES) == h.state.series == 10
+    # the series it holds go on; new ones are still refused; the count stays at the limit
+    plan = h.export(many(20, 30))
+    assert [r["value"] for r in plan.records] == [10] * 10
+    assert plan.refused == list(range(10, 30))
+    assert h.state.store.count(NS_SERIES) == h.state.series == 10
+    h.restart(clean=True)  # the count is the file's, not only this process's
+    assert h.state.series == 10
+    assert h.export(many(30, 1, start=20)).refused == [0]
+
+
+def test_a_new_series_whose_record_was_not_committed_gives_its_place_back(tmp_path):
+    h = Harness(tmp_path, max_series=1)
+    assert h.values(points((10, 5, {"u": "a"})), rejected={0}) == [5]  # refused by the pipeline
+    assert h.values(points((10, 6, {"u": "b"})), rejected=None) == [6]  # a commit that failed
+    assert h.state.series == 0
+    assert h.values(points((10, 7, {"u": "c"}))) == [7]
+    assert h.state.store.count(NS_SERIES) == h.state.series == 1
+
+
+def test_silent_series_expire_and_make_room_for_new_ones(tmp_path):
+    h = Harness(tmp_path, max_series=2, series_ttl=3600.0)
+    assert h.values(points((10, 1, {"u": "a"}), (10, 1, {"u": "b"}))) == [1, 1]
+    h.now += 1800
+    assert h.values(points((20, 3, {"u": "a"}))) == [2]  # a is seen: its hour starts again
+    h.now += 1801  # b has been silent for more than an hour, a for half an hour
+    plan = h.export(points((30, 5, {"u": "c"}), (30, 4, {"u": "a"})))
+    assert [r["value"] for r in plan.records] == [5, 1]  # c takes b's place; a is still known
+    assert not plan.refused
+    assert h.state.store.count(NS_SERIES) == h.state.series == 2
+    assert h.export(points((40, 9, {"u": "b"}))).refused == [0]  # b came back to a full state
+
+
+def test_a_collector_stopped_for_longer_than_the_ttl_forgets_nothing(tmp_path):
+    h = Harness(tmp_path, series_ttl=3600.0)
+    assert h.values(points((10, 5, {}))) == [5]
+    h.state.close(clean=True)
+    h.now += 10 * 3600  # down for ten hours: the series did not go silent, the collector did
+    h.state = h._open()
+    assert h.values(points((20, 9, {}))) == [4]  # not its whole value again
+    h.now += 3601  # an hour of the collector running without the series: now it is forgotten
+    assert h.values(points((30, 12, {}))) == [12]
+
+
+def test_series_ttl_null_never_forgets(tmp_path):
+    h = Harness(tmp_path, series_ttl=None)
+    assert h.values(points((10, 5, {}))) == [5]
+    h.now += 365 * 86400
+    assert h.values(points((20, 9, {}))) == [4]
+
+
+def test_the_wal_is_truncated_after_many_series(tmp_path):
+    h = Harness(tmp_path)
+    for i in range(4):  # 20,000 series in four requests: several MB of WAL at its peak
+        h.export(many(10, 5000, start=i * 5000))
+    h.export(many(20, 10))  # a later small write starts the WAL again, truncated
+    wal = tmp_path / "otlp-delta.sqlite-wal"
+    assert wal.stat().st_size <= 4 * 1024 * 1024 + 64 * 1024

@@ -6,6 +6,9 @@ queue, so the same batching, retries, splitting and dead-lettering apply.
 It works whether or not a collector is running on the same storage.  An entry
 is removed only once its event is delivered or dead-lettered again (with the
 new reason); entries left when ``--timeout`` runs out stay where they were.
+
+``list`` masks every configured secret in what it prints (entries written
+before the dead-letter store masked them may still hold a token).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collector.config import LoadedConfig
 from collector.plugins import Registry
 from collector.runtime.deadletters import DeadLetterStore
 from collector.runtime.layout import StorageLayout
+from collector.telemetry import REDACTOR
 
 CHUNK = 1000
 
@@ -59,9 +63,24 @@ def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tu
     return out
 
 
+def _register_secrets(loaded: LoadedConfig) -> None:
+    """Every secret of the configuration, for the masking of what ``list`` prints:
+    SecretStr values, and what a component's ``secrets()`` adds (a ``token_file``'s
+    content, credentials in a URL)."""
+    REDACTOR.add(*loaded.secrets())
+    for component in loaded.components.values():
+        more = getattr(component.config, "secrets", None)
+        if callable(more):
+            try:
+                REDACTOR.add(*more())
+            except Exception:  # an unreadable token file: nothing of it to mask
+                continue
+
+
 def run_dlq(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) -> int:
     action = args.dlq_command
     code = 0
+    _register_secrets(loaded)
     if getattr(args, "processor", None):
         if action == "replay":
             print(
@@ -99,16 +118,22 @@ def run_dlq(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) 
 def _list(args: argparse.Namespace, eid: str, store: DeadLetterStore) -> None:
     entries = store.list(ids=args.ids) if args.ids else store.list(limit=args.limit)
     total = store.count()
+    scrub = REDACTOR.scrub
     if args.json:
         for e in entries:
-            print(json.dumps({"exporter": eid, **e.as_dict()}))
+            out = e.as_dict()
+            out["reason"] = scrub(e.reason)
+            out["body"] = scrub(e.body) if e.body is not None else None
+            print(json.dumps({"exporter": eid, **out}))
         return
     print(f"{eid}: {total} dead letter(s)" + (f", showing {len(entries)}" if len(entries) < total else ""))
     for e in entries:
         when = datetime.fromtimestamp(e.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         status = f" {e.status}" if e.status else ""
-        body = (e.body or "").replace("\n", " ")[:120]
-        print(f"  #{e.id} {when} {e.reason}{status} id={e.event.get('id')} subject={e.event.get('subject')} {body}")
+        body = scrub(e.body or "").replace("\n", " ")[:120]
+        print(
+            f"  #{e.id} {when} {scrub(e.reason)}{status} id={e.event.get('id')} subject={e.event.get('subject')} {body}"
+        )
 
 
 def _drop(args: argparse.Namespace, eid: str, store: DeadLetterStore) -> int:

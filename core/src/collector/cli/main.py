@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "replay":
             a.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
             a.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    # `collector queue ACTION`: each action adds its own parser to queue_sub.
+    queue = sub.add_parser("queue", parents=[common], help="work with exporter queues on disk")
+    queue_sub = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    from collector.cli.queue import add_queue_parsers
+    from collector.cli.salvage import add_salvage_parser
+
+    add_queue_parsers(queue_sub, common, _config_args)
+    add_salvage_parser(queue_sub, common, _config_args)
     return parser
 
 
@@ -245,6 +254,14 @@ def cmd_map(args: argparse.Namespace) -> int:
     return run_map(args)
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from collector.cli.queue import run_queue
+    from collector.cli.salvage import run_salvage
+
+    actions: dict[str, Any] = {"list": run_queue, "drain": run_queue, "salvage": run_salvage}
+    return int(actions[args.queue_command](args))
+
+
 COMMANDS: dict[str, Any] = {
     "map": cmd_map,
     "backfill": cmd_backfill,
@@ -254,6 +271,7 @@ COMMANDS: dict[str, Any] = {
     "schema": cmd_schema,
     "version": cmd_version,
     "dlq": cmd_dlq,
+    "queue": cmd_queue,
 }
 
 

@@ -81,11 +81,16 @@ class AdminServer:
         reasons = []
         if not service.started:
             reasons.append("service is not started")
+        lost = health.get("storage", {}).get("lost")
+        if lost:
+            reasons.append(lost)
         for kind, parts in health["components"].items():
             for cid, h in parts.items():
                 if not h.get("ready", False):
-                    why = h.get("paused_reason") or (
-                        "queue refusing data" if h.get("queue", {}).get("refusing") else h.get("state")
+                    why = (
+                        h.get("paused_reason")
+                        or h.get("stuck_reason")
+                        or ("queue refusing data" if h.get("queue", {}).get("refusing") else h.get("state"))
                     )
                     reasons.append(f"{kind[:-1]} {cid}: {why}")
         return _json({"ready": False, "reasons": reasons}, 503)

@@ -12,6 +12,11 @@ started (the damaged one is kept, never deleted); a locked one is never
 moved.  A write that fails because the disk is full raises
 :class:`DeadLetterDiskFullError` (a :class:`~collector.errors.BackpressureError`):
 the caller keeps the events and retries (docs/delivery.md, "Disk full").
+So does a write that would leave less than ``min_free_bytes`` free (the
+exporter's ``queue.min_free_bytes``, checked with the queue's own
+:func:`collector.sqlite.below_reserve`): dead letters must not eat the
+reserve that lets the queue drain.  The WAL is checkpointed often and
+truncated back to 1 MiB, as the queue's is.
 """
 
 from __future__ import annotations
@@ -30,9 +35,25 @@ from typing import Any
 import orjson
 
 from collector.errors import BackpressureError
-from collector.sqlite import Pragmas, connect, is_disk_full, open_or_move_aside, transaction
+from collector.sqlite import (
+    Pragmas,
+    below_reserve,
+    connect,
+    free_pages_bytes,
+    is_disk_full,
+    open_or_move_aside,
+    transaction,
+)
+from collector.telemetry import REDACTOR
 
 log = logging.getLogger("collector.runtime.deadletters")
+
+# As the queue's (collector.runtime.queue.sqlite): a short WAL, so that the
+# store never holds more than about this much beyond its data.
+_WAL_AUTOCHECKPOINT_PAGES = 128
+_JOURNAL_SIZE_LIMIT = 1024 * 1024
+# Per entry, beyond the event and the body: the row, the index, page slack.
+_ROW_OVERHEAD = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -73,11 +94,18 @@ class DeadLetter:
 class DeadLetterStore:
     """Thread-safe; every write is one transaction with ``synchronous=FULL``."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0, min_free_bytes: int = 0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        #: refuse writes that would leave less than this free on the disk (0: only a real disk-full error)
+        self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
-        self._pragmas = Pragmas(synchronous="FULL", busy_timeout_s=busy_timeout)
+        self._pragmas = Pragmas(
+            synchronous="FULL",
+            busy_timeout_s=busy_timeout,
+            wal_autocheckpoint_pages=_WAL_AUTOCHECKPOINT_PAGES,
+            journal_size_limit_bytes=_JOURNAL_SIZE_LIMIT,
+        )
         self._db, _ = open_or_move_aside(path, self._open, what="dead-letter store", logger=log)
 
     def _open(self) -> sqlite3.Connection:
@@ -98,22 +126,58 @@ class DeadLetterStore:
         body: str | None = None,
     ) -> int:
         now = time.time()
+        # The reason and the far side's answer are shown by `collector dlq list`: a
+        # destination that echoes our Authorization header must not store the token.
+        reason = REDACTOR.scrub(reason)
+        body = REDACTOR.scrub(body) if body is not None else None
         rows = [(now, reason, status, body, orjson.dumps(e)) for e in events]
-        with self._write() as db:
+        size = sum(len(r[4]) + len(reason) + len(body or "") + _ROW_OVERHEAD for r in rows)
+        with self._write(size) as db:
             db.executemany("INSERT INTO dead_letters (created, reason, status, body, event) VALUES (?,?,?,?,?)", rows)
         return len(rows)
 
+    def _checkpoint(self) -> None:
+        """Fold the WAL into the file now (under the lock), so that the next reserve check sees what it cost."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.debug("dead-letter store %s: checkpoint failed: %s", self.path, exc)
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock; a full disk becomes DeadLetterDiskFullError."""
+    def _write(self, size: int = 0) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; a full disk becomes DeadLetterDiskFullError.
+
+        A write that adds ``size`` bytes is refused the same way when it
+        would eat into ``min_free_bytes``; deletes (``size`` 0) never are.
+        It is charged twice its size (once in the WAL, once in the file) and,
+        while a reserve is kept, checkpointed at once, so that no WAL frames
+        wait to grow the file behind the next check's back.
+        """
         with self._lock:
+            if size and below_reserve(
+                self.path.parent, self.min_free_bytes, 2 * size, inside=lambda: free_pages_bytes(self._db)
+            ):
+                raise DeadLetterDiskFullError(
+                    f"dead-letter store {self.path}: less than min_free_bytes={self.min_free_bytes} would be free",
+                    retry_after=1.0,
+                )
             try:
                 with transaction(self._db) as db:
                     yield db
+                if size and self.min_free_bytes:
+                    self._checkpoint()
             except sqlite3.Error as exc:
                 if is_disk_full(exc):
+                    self._truncate_wal()
                     raise DeadLetterDiskFullError(f"dead-letter store {self.path}: {exc}", retry_after=1.0) from exc
                 raise
+
+    def _truncate_wal(self) -> None:
+        """After a full disk: give the WAL's space back (best effort)."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.debug("dead-letter store %s: checkpoint after a full disk failed: %s", self.path, exc)
 
     def count(self) -> int:
         with self._lock:
@@ -172,4 +236,5 @@ class DeadLetterStore:
 
     def close(self) -> None:
         with self._lock:
+            self._truncate_wal()
             self._db.close()

@@ -10,6 +10,7 @@ Everything the collector owes lives under ``storage.directory``
     <root>/receivers/<id>/                       a receiver (a pull receiver's state.sqlite)
     <root>/coordinators/<id>/                    the coordinator
     <root>/backfill/<receiver id>-<stamp>/       a backfill's own storage, laid out the same way
+    <root>/collector.lock                        held (flock) by the collector running on <root>
 
 A ``/`` in an id becomes ``__`` (``openmeter/eu`` -> ``exporters/openmeter__eu``).
 These names are what existing data directories hold, so they never change;
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEADLETTER_FILE = "deadletter.sqlite"
+# Held with flock() by the one process that owns the storage (collector.runtime.storage_lock).
+LOCK_FILE = "collector.lock"
 QUEUE_DIR = "queue"
 # What the pull-receiver framework names its watermark store in its directory
 # (collector/pull.py); the layout repeats it so that tools can find it.
@@ -49,6 +52,11 @@ class StorageLayout:
     """The directory names under one storage root; building a path does no I/O."""
 
     root: Path
+
+    @property
+    def lock_file(self) -> Path:
+        """The file a running collector (or ``collector queue drain``) holds locked, with its PID."""
+        return self.root / LOCK_FILE
 
     # -- per component -------------------------------------------------------------
 
@@ -106,6 +114,18 @@ class StorageLayout:
         if not base.is_dir():
             return {}
         return {d.name: d / QUEUE_DIR for d in sorted(base.iterdir()) if (d / QUEUE_DIR).is_dir()}
+
+    def exporter_dirs(self) -> dict[str, Path]:
+        """Every exporter directory on disk (its queue, its dead letters), by directory name."""
+        base = self.root / "exporters"
+        if not base.is_dir():
+            return {}
+        return {d.name: d for d in sorted(base.iterdir()) if d.is_dir()}
+
+    def unowned_exporter_dirs(self, exporter_ids: Iterable[str]) -> dict[str, Path]:
+        """Exporter directories that none of ``exporter_ids`` owns (a removed or renamed exporter's)."""
+        owned = {dir_name(eid) for eid in exporter_ids}
+        return {name: path for name, path in self.exporter_dirs().items() if name not in owned}
 
     def unowned_queues(self, exporter_ids: Iterable[str]) -> dict[str, Path]:
         """Queues on disk that none of ``exporter_ids`` owns (left by a removed or renamed exporter)."""

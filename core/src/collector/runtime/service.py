@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector.clock import Clock, SystemClock
@@ -29,9 +30,11 @@ from collector.errors import ConfigError
 from collector.mapping import registry_functions
 from collector.runtime.deadletters import DeadLetterStore
 from collector.runtime.layout import StorageLayout
+from collector.runtime.orphans import ExporterContents, find_orphans
 from collector.runtime.pipeline import Pipeline, ReceiverFanout
 from collector.runtime.queue import BatchQueue
 from collector.runtime.sender import ExporterRunner
+from collector.runtime.storage_watch import StorageWatch, WatchedQueue
 from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:  # the runtime gets a registry; it never loads plugins itself
@@ -77,6 +80,10 @@ class Service:
         self.started = False
         self._stopped = False
         self.started_at: float | None = None
+        #: notices the storage directory deleted or replaced while running (intake then refuses)
+        self.storage_watch = StorageWatch(self.storage)
+        #: exporter directories no configured exporter owns, found at start (collector.runtime.orphans)
+        self.orphans: list[ExporterContents] = []
 
     # -- assembly -----------------------------------------------------------------
 
@@ -104,6 +111,11 @@ class Service:
         return component
 
     def _queue(self, eid: str, config: ExporterConfig) -> BatchQueue:
+        """The exporter's queue; its intake refuses once the storage directory is lost."""
+        return WatchedQueue(self.build_queue(eid, config), self.storage_watch)
+
+    def build_queue(self, eid: str, config: ExporterConfig) -> BatchQueue:
+        """The queue the configuration gives exporter ``eid`` (not opened); ``collector queue drain`` fills it."""
         q = config.queue
         if q.kind == "memory":
             from collector.runtime.queue.memory import MemoryQueue
@@ -151,7 +163,8 @@ class Service:
             exporter,
             cfg,
             queue,
-            DeadLetterStore(self.layout.exporter_deadletters(eid)),
+            # Dead letters keep the queue's reserve: they must not fill the disk the queue drains on.
+            DeadLetterStore(self.layout.exporter_deadletters(eid), min_free_bytes=cfg.queue.min_free_bytes),
             self.telemetry.metrics,
             clock=self.clock,
         )
@@ -206,6 +219,9 @@ class Service:
             for eid, runner in self.exporters.items():
                 await runner.start()
                 log.debug("exporter %s started", eid)
+            await asyncio.to_thread(self._report_orphans)
+            self.storage_watch.files = self._watched_files()
+            self.storage_watch.start()
             for proc in self.processors.values():
                 await proc.start()
             for rid, rec in self.receivers.items():
@@ -247,6 +263,7 @@ class Service:
         await asyncio.gather(*(self._stop_runner(eid, r, left()) for eid, r in self.exporters.items()))
         if self.coordinator:
             await self.coordinator.shutdown(left())
+        self.storage_watch.stop()
         self.telemetry.metrics.up.set(0)
         self.started = False
         log.info("collector stopped (%.0f ms)", (time.monotonic() - t0) * 1000)
@@ -257,6 +274,41 @@ class Service:
         except Exception:
             log.exception("exporter %s did not stop cleanly", eid)
 
+    def _watched_files(self) -> list[Path]:
+        """The databases the exporters keep open: replacing one loses what is written to it."""
+        files: list[Path] = []
+        for runner in self.exporters.values():
+            db_path = getattr(runner.queue, "db_path", None)
+            if db_path is not None:
+                files.append(db_path)
+            files.append(runner.deadletters.path)
+        return files
+
+    def _report_orphans(self) -> None:
+        """Warn about exporter directories no running exporter owns, with what they hold (blocking)."""
+        self.orphans = find_orphans(self.layout, self.exporters)
+        gauge = self.telemetry.metrics.orphaned_queue_events
+        gauge.clear()
+        targets = list(self.exporters)
+        to = targets[0] if len(targets) == 1 else "<exporter id>"
+        for orphan in self.orphans:
+            gauge.labels(queue=orphan.name).set(orphan.queue_events)
+            held = (
+                f"cannot be read ({orphan.error})"
+                if orphan.error
+                else f"holds {orphan.queue_events} event(s) in its queue and {orphan.dead_letters} dead letter(s)"
+            )
+            log.warning(
+                "exporter directory exporters/%s belongs to no configured exporter (renamed or removed?) and %s; "
+                "nothing delivers them. Stop the collector and move them with "
+                '`collector queue drain %s --to %s` (docs/operations.md, "Renamed or removed exporters")',
+                orphan.name,
+                held,
+                orphan.name,
+                to,
+                extra={"orphaned": str(orphan.path)},
+            )
+
     # -- health -----------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -264,13 +316,17 @@ class Service:
         processors = {f"{pipe}/{pid}": p.health() for (pipe, pid), p in self.processors.items()}
         exporters = {eid: r.health() for eid, r in self.exporters.items()}
         parts = [*receivers.values(), *processors.values(), *exporters.values()]
-        ready = self.started and all(p.get("ready", False) for p in parts)
+        storage = self.storage_watch.health()
+        ready = self.started and storage["lost"] is None and all(p.get("ready", False) for p in parts)
         out: dict[str, Any] = {
             "status": "ok" if ready else ("starting" if not self.started else "degraded"),
             "ready": ready,
             "started_at": self.started_at,
+            "storage": storage,
             "components": {"receivers": receivers, "processors": processors, "exporters": exporters},
         }
+        if self.orphans:
+            out["orphaned"] = {o.name: o.as_dict() for o in self.orphans}
         if self.coordinator:
             out["components"]["coordinator"] = {self.coordinator.id: self.coordinator.health()}
         return out

@@ -9,6 +9,13 @@ directory, so it picks the queue up where the old one left it.  Accepted
 events are never lost by a reload; clients may see connection refusals for
 the moment between the two (they retry).  If the new configuration fails to
 start (a port taken, say), the previous configuration is started again.
+
+The storage directory is locked (:class:`~collector.runtime.storage_lock.StorageLock`)
+before anything else starts, and for as long as the process runs: a second
+collector on the same directory exits with status 1 and one line naming the
+PID that holds it.  A reload that moves ``storage.directory`` takes the new
+directory's lock first and is refused, keeping the running configuration,
+if it cannot.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from collector.config import LoadedConfig
 from collector.errors import ConfigError
 from collector.runtime.admin import AdminServer
+from collector.runtime.layout import StorageLayout
 from collector.runtime.service import Service
+from collector.runtime.storage_lock import StorageLock, StorageLockedError
 from collector.telemetry import Telemetry, setup_logging
 
 if TYPE_CHECKING:  # the runtime gets a registry; it never loads plugins itself
@@ -50,6 +60,7 @@ class Runtime:
         self.admin: AdminServer | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._lock: StorageLock | None = None
 
     def current(self) -> Service | None:
         return self.service
@@ -78,6 +89,11 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            self._lock = await asyncio.to_thread(_lock_storage, self.loaded)
+        except (OSError, StorageLockedError) as exc:
+            log.error("start-up failed: %s", exc)
+            return 1
         try:
             await self._start_admin(self.loaded.raw.service.telemetry.endpoint)
             await self._start_service(self.loaded)
@@ -112,6 +128,13 @@ class Runtime:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         old = self.loaded
+        new_lock: StorageLock | None = None
+        if _storage_root(new) != _storage_root(old):
+            try:
+                new_lock = await asyncio.to_thread(_lock_storage, new)
+            except (OSError, StorageLockedError) as exc:
+                log.error("reload refused, keeping the running configuration: %s", exc)
+                return
         assert self.service is not None
         await self.service.stop()
         self.service = None
@@ -123,11 +146,33 @@ class Runtime:
             log.info("configuration reloaded")
         except Exception as exc:
             log.error("the new configuration failed to start (%s); restarting the previous one", exc)
+            if new_lock is not None:
+                new_lock.release()
             await self._start_admin(old.raw.service.telemetry.endpoint)
             await self._start_service(old)
+            return
+        if new_lock is not None:
+            if self._lock is not None:
+                self._lock.release()
+            self._lock = new_lock
 
     async def _shutdown(self) -> None:
         if self.service is not None:
             await self.service.stop()
         if self.admin is not None:
             await self.admin.stop()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _storage_root(loaded: LoadedConfig) -> Path:
+    return StorageLayout(loaded.raw.storage.directory).root.resolve()
+
+
+def _lock_storage(loaded: LoadedConfig) -> StorageLock:
+    """The storage directory's lock, taken (raises StorageLockedError naming the holder)."""
+    layout = StorageLayout(loaded.raw.storage.directory)
+    lock = StorageLock(layout.root, layout.lock_file)
+    lock.acquire()
+    return lock

@@ -6,9 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collector.api import AuthConfig, ByteSize, Duration, TlsConfig, parse_endpoint
+from collector.api import AuthConfig, ByteSize, Duration, ServerLimitsConfig, TlsConfig, parse_endpoint
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_SERIES_TTL = 24 * 3600.0  # the delta state's defaults (delta.py keeps the same; config stays cheap)
+DEFAULT_MAX_SERIES = 100_000
 
 
 class _Strict(BaseModel):
@@ -29,14 +31,19 @@ class GrpcConfig(_Strict):
     _endpoint = field_validator("endpoint")(_check_endpoint)
 
 
-class HttpConfig(_Strict):
-    """OTLP/HTTP: POST /v1/logs, /v1/metrics and /v1/traces, protobuf or JSON."""
+class _HttpListener(_Strict):
+    """The OTLP/HTTP settings of its own; :class:`HttpConfig` adds the connection limits after them."""
 
     endpoint: str = Field("127.0.0.1:4318", description="host:port to listen on (0.0.0.0:4318 in containers).")
     tls: TlsConfig | None = Field(None, description="Serve HTTPS when set.")
     read_timeout: Duration = Field(
         30.0, gt=0, description="How long a client may take to send its body before it gets 408 (30s, 1m)."
     )
+
+
+# header_timeout, idle_timeout and max_connections: the core http receiver's settings and defaults.
+class HttpConfig(ServerLimitsConfig, _HttpListener):
+    """OTLP/HTTP: POST /v1/logs, /v1/metrics and /v1/traces, protobuf or JSON."""
 
 
 class MetricsConfig(_Strict):
@@ -54,11 +61,20 @@ class MetricsConfig(_Strict):
         "usage (since its start_time); drop only remembers it as the baseline.",
     )
     series_ttl: Duration | None = Field(
-        None,
+        DEFAULT_SERIES_TTL,
         gt=0,
-        description="Forget a series not seen for this long (a duration such as 30d, or seconds). Unset: never "
-        "forget. A forgotten series that comes back counts as new (see initial_value), so keep it longer than "
-        "any silence of a live series.",
+        description="Forget a series not seen for this long while the collector runs (a duration such as 24h or "
+        "30d, or seconds; default 24h). Nothing is forgotten during the first series_ttl after a start, so a "
+        "stopped collector does not forget the series it will see again. A forgotten series that comes back "
+        "counts as new (see initial_value), so keep it longer than any silence of a live series. null: never "
+        "forget (max_series still applies).",
+    )
+    max_series: int = Field(
+        DEFAULT_MAX_SERIES,
+        gt=0,
+        description="Most series the state holds (each takes about 600 bytes on disk). A point of a new series "
+        "when the state is full is refused: not emitted, reported to the client as a rejected data point, "
+        "counted in collector_otlp_delta_refused_series_total and logged. Expired series make room again.",
     )
 
 

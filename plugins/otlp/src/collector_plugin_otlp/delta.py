@@ -35,10 +35,27 @@ the destination drops the copy: the docs ask mappings to derive the event id
 from ``series`` and ``time``, so the copy has the same id (OpenMeter
 deduplicates on ``source`` + ``id``).  If it had not, this is its first
 commit.  Either way the usage between the two points counts once.
+
+Bounds.  The state holds at most ``max_series`` series.  A point of a series
+not in the state when it is full is *refused*: nothing is emitted for it and
+the state does not change (:attr:`Plan.refused`; the receiver reports it as
+rejected, counts it and logs it).  Nothing of it is lost for good as long as
+the series comes back once there is room: its first point then counts its
+whole cumulative value (``initial_value: keep``), the refused interval
+included.  A series not seen for ``series_ttl`` of the collector's running
+time is forgotten (its entry expires and is purged, bounded work per export),
+which makes room.  Running time, not wall time: for the first ``series_ttl``
+after the state is opened nothing expires, so a collector stopped for longer
+than the TTL does not forget the series it will see again (forgetting a live
+series would count its whole cumulative value a second time).  The WAL is
+truncated back to ``WAL_LIMIT_BYTES`` after a checkpoint, so a burst of new
+series leaves no large file behind.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,12 +63,20 @@ from pathlib import Path
 from typing import Any
 
 from collector.api import StateStore
+from collector_plugin_otlp.config import DEFAULT_MAX_SERIES, DEFAULT_SERIES_TTL
 from collector_plugin_otlp.records import MetricPoint, rfc3339
 
 STATE_FILE = "otlp-delta.sqlite"
 NS_SERIES = "series"
 NS_RUNS = "runs"
-PURGE_LIMIT = 1000
+PURGE_LIMIT = 1000  # expired series deleted per export at most (bounded work)
+#: the WAL is truncated back to this after a checkpoint (SQLite checkpoints every 1000 pages, ~4 MiB)
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+PURGE_INTERVAL = 60.0  # seconds of the collector's clock between purges while there is room
+
+
+def _limit_wal(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
 
 
 @dataclass(slots=True)
@@ -70,6 +95,9 @@ class Plan:
     origins: list[int | None] = field(default_factory=list)  # data point ordinal per record; None for replays
     before: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     steps: dict[str, list[Step]] = field(default_factory=dict)
+    refused: list[int] = field(default_factory=list)  # data point ordinals of series refused (state full)
+    refused_series: int = 0  # how many distinct series those points belong to
+    reserved: int = 0  # new series this plan counted in DeltaState.series before writing them
 
     def add(self, record: dict[str, Any], origin: int | None) -> int:
         self.records.append(record)
@@ -80,22 +108,41 @@ class Plan:
 class DeltaState:
     """The per-series state of one receiver (blocking: call from a thread)."""
 
-    def __init__(self, storage_dir: Path, *, initial_value: str = "keep", series_ttl: float | None = None) -> None:
+    def __init__(
+        self,
+        storage_dir: Path,
+        *,
+        initial_value: str = "keep",
+        series_ttl: float | None = DEFAULT_SERIES_TTL,
+        max_series: int = DEFAULT_MAX_SERIES,
+    ) -> None:
+        if max_series <= 0:
+            raise ValueError("max_series must be positive")
         self.path = Path(storage_dir) / STATE_FILE
         self.initial_value = initial_value
         self.series_ttl = series_ttl
+        self.max_series = max_series
         self.run = uuid.uuid4().hex
         self.store: StateStore | None = None
         self.crashed: set[str] = set()  # runs that did not stop cleanly: their entries are in doubt
         self.doubt: set[str] = set()  # series of this run whose last commit's outcome is unknown
+        # Series in the state file, plus those planned and not yet written (reservations).  Plans
+        # are made on the event loop, writes in threads: the lock keeps the count exact.
+        self.series = 0
+        self._count_lock = threading.Lock()
+        self._expiry_from = 0.0  # nothing expires before this (the collector's time): see "Bounds"
+        self._next_purge = 0.0
 
     # -- lifecycle (blocking) ----------------------------------------------------------------
 
     def open(self, now: float) -> None:
-        self.store = StateStore(self.path)
+        self.store = StateStore(self.path, on_connect=_limit_wal)
         with self.store.transaction() as tx:
             self.crashed = {e.key for e in tx.items(NS_RUNS)}
             tx.put(NS_RUNS, self.run, {"started": now})
+            self.series = tx.count(NS_SERIES)
+        self._expiry_from = now + (self.series_ttl or 0.0)
+        self._next_purge = self._expiry_from
 
     def close(self, *, clean: bool) -> None:
         if self.store is None:
@@ -105,23 +152,48 @@ class DeltaState:
         self.store.close()
         self.store = None
 
+    def _expiring(self, now: float) -> bool:
+        return bool(self.series_ttl) and now >= self._expiry_from
+
+    def _count(self, change: int) -> None:
+        with self._count_lock:
+            self.series += change
+
     # -- one export --------------------------------------------------------------------------
 
     def read(self, keys: Iterable[str], now: float) -> dict[str, Any]:
+        """The live entries of ``keys``; first purges expired series when due (or when the state is full)."""
         assert self.store is not None
-        return self.store.get_many(NS_SERIES, keys, now=now if self.series_ttl else None)
+        if not self._expiring(now):
+            return self.store.get_many(NS_SERIES, keys)
+        if now >= self._next_purge or self.series >= self.max_series:
+            with self.store.transaction() as tx:
+                purged = tx.purge_expired(now, limit=PURGE_LIMIT)
+            self._count(-purged)
+            self._next_purge = now + PURGE_INTERVAL
+        return self.store.get_many(NS_SERIES, keys, now=now)
 
     def plan(self, points: list[MetricPoint], stored: dict[str, Any]) -> Plan:
         """The records to emit for ``points`` (in request order) given the ``stored`` entries of their series."""
         plan = Plan()
         working: dict[str, dict[str, Any] | None] = {}
+        refused: set[str] = set()
         for p in points:
             if not p.cumulative:
                 plan.add(p.record, p.index)
                 continue
             key = p.series
+            if key in refused:
+                plan.refused.append(p.index)
+                continue
             if key not in working:
                 entry = stored.get(key)
+                if entry is None and not self._reserve():
+                    refused.add(key)
+                    plan.refused.append(p.index)
+                    continue
+                if entry is None:
+                    plan.reserved += 1
                 plan.before[key] = entry
                 plan.steps[key] = []
                 if entry is not None and self._in_doubt(key, entry):
@@ -136,7 +208,16 @@ class DeltaState:
             index = plan.add(record, p.index) if record is not None else None
             plan.steps[key].append(Step(index, entry))
             working[key] = entry
+        plan.refused_series = len(refused)
         return plan
+
+    def _reserve(self) -> bool:
+        """Count one more series if there is room (a series not in the state); False when full."""
+        with self._count_lock:
+            if self.series >= self.max_series:
+                return False
+            self.series += 1
+            return True
 
     def _in_doubt(self, key: str, entry: dict[str, Any]) -> bool:
         return entry.get("run") in self.crashed or key in self.doubt
@@ -173,12 +254,17 @@ class DeltaState:
         """Step 2: the entries after every step, before the commit (one transaction)."""
         assert self.store is not None
         items = [(key, steps[-1].entry, self._expires(now)) for key, steps in plan.steps.items() if steps]
-        if not items:
-            return
-        with self.store.transaction() as tx:
-            tx.put_many(NS_SERIES, items)
-            if self.series_ttl:
-                tx.purge_expired(now, limit=PURGE_LIMIT)
+        # The series planned as new were counted already (reservations); count what was really added.
+        inserted = 0
+        try:
+            if items:
+                with self.store.transaction() as tx:
+                    before = tx.count()
+                    tx.put_many(NS_SERIES, items)
+                    inserted = tx.count() - before  # an expired entry not yet purged is replaced, not added
+        finally:
+            self._count(inserted - plan.reserved)
+            plan.reserved = 0
 
     def settle(self, plan: Plan, rejected: set[int] | None, now: float) -> None:
         """Step 4: series whose last step was not committed go back to their last committed entry.
@@ -205,7 +291,8 @@ class DeltaState:
             try:
                 with self.store.transaction() as tx:
                     tx.put_many(NS_SERIES, [(k, e, self._expires(now)) for k, e in restore if e is not None])
-                    tx.delete_many(NS_SERIES, [k for k, e in restore if e is None])
+                    deleted = tx.delete_many(NS_SERIES, [k for k, e in restore if e is None])
+                self._count(-deleted)  # new series whose records were not committed give their place back
             except Exception:
                 # The entries written before the commit stay; their records may
                 # not be committed: replay them when the series comes back.

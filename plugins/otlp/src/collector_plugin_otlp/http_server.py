@@ -5,16 +5,22 @@ in the request's encoding, JSON when that encoding is unsupported):
 
 =====  ============================================================
 200    committed; ``partial_success`` when some records were rejected
-400    not a valid OTLP request (bad protobuf, bad JSON, bad gzip)
+400    not a valid OTLP request (bad protobuf, bad JSON, bad gzip), or not
+       valid HTTP/1.1
 401    missing or wrong bearer token (when tokens are configured)
 404    unknown path
 405    method other than POST
-408    the body did not arrive within ``read_timeout``
+408    the headers did not arrive within ``header_timeout`` or the body
+       within ``read_timeout`` (then the connection is closed)
 413    body over ``max_message_bytes`` (on the wire or decompressed)
 415    content type other than application/x-protobuf or application/json,
        or a Content-Encoding other than gzip, deflate or identity
-503    the queue refuses data, or the collector is stopping; Retry-After
+503    the queue refuses data, the collector is stopping, or more than
+       ``max_connections`` are open; Retry-After
 =====  ============================================================
+
+The listener is the core's guarded one (``collector.api.start_http_server``):
+a kept-alive connection without a request is closed after ``idle_timeout``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 
-from collector.api import BackpressureError, parse_endpoint
+from collector.api import BackpressureError, HttpServerHandle, parse_endpoint, start_http_server
 from collector_plugin_otlp.closing import Closing
 from collector_plugin_otlp.config import HttpConfig
 from collector_plugin_otlp.decode import CODES, SIGNALS, DecodeError, Encoding, Signal, encode, parse, response, status
@@ -73,6 +79,13 @@ def error_response(
     return web.Response(status=http_status, body=payload, content_type=_CONTENT_TYPE[enc], headers=all_headers)
 
 
+def listener_error(http_status: int, title: str, detail: str) -> tuple[str, bytes]:
+    """The errors the listener answers itself (408, 503, malformed HTTP) as a JSON ``google.rpc.Status``."""
+    retry_after = 1.0 if http_status == 503 else None
+    body = status(_HTTP_TO_CODE.get(http_status, CODES.UNKNOWN), detail, retry_after)
+    return JSON_TYPE, json_format.MessageToJson(body, indent=None).encode()
+
+
 class HttpServer:
     def __init__(self, receiver: Any, config: HttpConfig) -> None:
         self.receiver = receiver
@@ -81,8 +94,7 @@ class HttpServer:
         self.host, self._port = parse_endpoint(config.endpoint)
         self.port: int | None = None
         self.tls = config.tls is not None
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._server: HttpServerHandle | None = None
 
     def app(self) -> web.Application:
         # aiohttp enforces client_max_size on the decompressed body while
@@ -103,32 +115,42 @@ class HttpServer:
     async def start(self) -> None:
         tls = self.config.tls
         ssl_ctx = tls.server_context(f"receivers.{self.receiver.id}.http.tls") if tls is not None else None
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, self.host, self._port, ssl_context=ssl_ctx, reuse_address=True, backlog=1024
-        )
+        r = self.receiver
         try:
-            await self._site.start()
+            self._server = await start_http_server(
+                self.app(),
+                self.host,
+                self._port,
+                name=r.id,
+                limits=self.config.limits(),
+                clock=r.ctx.clock,
+                log=r.log,
+                ssl=ssl_ctx,
+                error_body=listener_error,
+            )
         except OSError as exc:
-            await self._runner.cleanup()
-            self._runner, self._site = None, None
             raise OSError(
                 exc.errno,
-                f"receiver {self.receiver.id} cannot listen for OTLP/HTTP on {self.config.endpoint}: {exc.strerror}",
+                f"receiver {r.id} cannot listen for OTLP/HTTP on {self.config.endpoint}: {exc.strerror}",
             ) from None
-        sockets = getattr(self._site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        self.port = self._server.port
 
     async def stop(self) -> None:
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
+        """Stop accepting connections (requests in progress go on)."""
+        if self._server is not None:
+            await self._server.stop_accepting()
 
     async def cleanup(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Close every connection."""
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"endpoint": self.config.endpoint, "port": self.port}
+        out["connections"] = self._server.connections if self._server is not None else 0
+        out["refused_connections"] = self._server.refused_connections if self._server is not None else 0
+        return out
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -192,6 +214,8 @@ class HttpServer:
         except web.RequestPayloadError as exc:
             # A broken chunked encoding or bad gzip: the stream cannot be trusted any further.
             reason = " ".join(str(exc).split()).removeprefix("400, message: ")[:200]
+            if self._server is not None:
+                self._server.protocol_error(request.remote, f"the body could not be read: {reason}")
             return await self._answer_and_close(
                 request, error_response(400, f"the request body could not be read: {reason}", encoding)
             )

@@ -33,6 +33,7 @@ from collector_plugin_otlp.delta import DeltaState
 from collector_plugin_otlp.records import log_records, metric_points, span_records
 
 RECORD_SIGNAL = {"logs": "log", "metrics": "metric", "traces": "span"}
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two warnings about the full delta state
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,25 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
         self._auth = BearerAuth(config.auth.bearer_tokens(f"receivers.{ctx.id}.auth", ctx.telemetry.redactor))
         m = config.metrics
         self.delta: DeltaState | None = (
-            DeltaState(ctx.storage_dir, initial_value=m.initial_value, series_ttl=m.series_ttl)
+            DeltaState(ctx.storage_dir, initial_value=m.initial_value, series_ttl=m.series_ttl, max_series=m.max_series)
             if m.cumulative_to_delta
             else None
         )
+        if self.delta is not None:
+            delta = self.delta
+            ctx.metrics.gauge(
+                "otlp_delta_series",
+                "Series in the otlp receiver's cumulative-to-delta state (at most metrics.max_series).",
+                ["receiver"],
+            ).labels(receiver=ctx.id).set_function(lambda: delta.series)
+        self._refused_series = ctx.metrics.counter(
+            "otlp_delta_refused_series",
+            "Data points of new cumulative series refused because the delta state held metrics.max_series series "
+            "(not emitted; reported to the client as rejected).",
+            ["receiver"],
+        ).labels(receiver=ctx.id)
+        self._refusals_since_log = 0
+        self._next_refusal_log = float("-inf")
         self.grpc: Any = None
         self.http: Any = None
         if config.grpc is not None:
@@ -120,8 +136,10 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
         if self.grpc is not None:
             out["grpc"] = {"endpoint": self.grpc.config.endpoint, "port": self.grpc.port}
         if self.http is not None:
-            out["http"] = {"endpoint": self.http.config.endpoint, "port": self.http.port}
+            out["http"] = self.http.health()  # endpoint, port, connections, refused_connections
         out["in_flight_exports"] = len(self._tasks)
+        if self.delta is not None:
+            out["delta_series"] = {"series": self.delta.series, "max_series": self.delta.max_series}
         return out
 
     # -- shared by the transports ------------------------------------------------------------
@@ -195,7 +213,40 @@ class OtlpReceiver(Receiver[OtlpReceiverConfig]):
                 await asyncio.to_thread(delta.settle, plan, set(result.rejected_indexes), now)
             except Exception:
                 self.log.exception("otlp receiver %s: could not restore the state of refused series", self.id)
-        return _outcome("metrics", result, plan.origins, total)
+        outcome = _outcome("metrics", result, plan.origins, total)
+        if plan.refused:
+            outcome = self._refuse_series(plan.refused, plan.refused_series, outcome, total)
+        return outcome
+
+    def _refuse_series(self, points: list[int], series: int, outcome: Outcome, total: int) -> Outcome:
+        """Points of new series the full delta state refused: counted, logged (at most once a minute),
+        and added to the answer's rejected data points."""
+        assert self.delta is not None
+        self._refused_series.inc(len(points))
+        self._refusals_since_log += len(points)
+        now = self.ctx.clock.monotonic()
+        if now >= self._next_refusal_log:
+            self.log.warning(
+                "otlp receiver %s: the cumulative-to-delta state holds metrics.max_series=%d series; refused %d "
+                "data points of new series since the last such message (%d series in the last request). They "
+                "are not emitted (usage of a series refused is counted when it is admitted later); raise "
+                "metrics.max_series or lower metrics.series_ttl (collector_otlp_delta_refused_series_total)",
+                self.id,
+                self.delta.max_series,
+                self._refusals_since_log,
+                series,
+            )
+            self._refusals_since_log = 0
+            self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
+        count = outcome.rejected + len(points)
+        reason = (
+            f"{len(points)} data points of new series refused: the receiver's cumulative-to-delta state is full "
+            f"(metrics.max_series={self.delta.max_series})"
+        )
+        if outcome.message:
+            return Outcome(count, f"{outcome.message}; {reason}")
+        rest = "(the rest were accepted)" if count < total else "(none was accepted)"
+        return Outcome(count, f"{count} of {total} data points rejected {rest}; {reason}")
 
     @asynccontextmanager
     async def _hold(self, keys: set[str]) -> AsyncIterator[None]:

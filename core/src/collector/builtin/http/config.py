@@ -32,6 +32,21 @@ class HttpReceiverConfig(_Strict):
     read_timeout: Duration = Field(
         30.0, gt=0, description="How long a client may take to send its body before it gets 408 (30s, 1m)."
     )
+    header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="How long a client may take to send a request's line and headers, from the connection's "
+        "opening (or a later request's first byte) -- then 408 and the connection is closed (10s).",
+    )
+    idle_timeout: Duration = Field(
+        60.0, gt=0, description="Close a kept-alive connection that sends no request for this long (60s, 5m)."
+    )
+    max_connections: int = Field(
+        1024,
+        gt=0,
+        description="Most open connections; one more is answered 503 (Retry-After: 1) at once and closed. Keep it "
+        "below the process's file descriptor limit (ulimit -n).",
+    )
     format: Literal["cloudevents", "json"] = Field(
         "cloudevents",
         description="cloudevents: the OpenMeter ingest API (/api/v1/events, /api/v3/openmeter/events). json: any "

@@ -13,13 +13,16 @@ The receiver runs::
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
 import orjson
 
 from collector.errors import CollectorError, RecordError
-from collector.events import a_json_type
+from collector.events import a_json_type, quote_value
 
 SINGLE_MEDIA_TYPE = "application/cloudevents+json"
 BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
@@ -27,6 +30,25 @@ JSON_MEDIA_TYPE = "application/json"
 ACCEPTED_MEDIA_TYPES: frozenset[str] = frozenset({SINGLE_MEDIA_TYPE, BATCH_MEDIA_TYPE, JSON_MEDIA_TYPE})
 
 # Spelled out once so that every 415 tells the client the same thing.
+# orjson reads an integer literal beyond 64 bits as a float, silently losing digits
+# (18446744073709551616 would arrive as 1.8446744073709552e+19).  Where the body
+# has such a digit run, parse it again with the standard library, which keeps the
+# exact int, so validation refuses it with the record's index and field path
+# (collector.events.value_errors) instead of billing a rounded number.
+_LONG_DIGITS = re.compile(rb"\d{20,}")
+
+
+def load_json(body: bytes) -> Any:
+    """``orjson.loads``, exact for integers beyond 64 bits (see above); raises ``orjson.JSONDecodeError``."""
+    doc = orjson.loads(body)
+    if _LONG_DIGITS.search(body):
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            return doc  # orjson accepted it; keep its reading (validation still checks depth)
+    return doc
+
+
 _ACCEPTED_HINT = (
     f"{SINGLE_MEDIA_TYPE} (one event), {BATCH_MEDIA_TYPE} (a JSON array of events) or {JSON_MEDIA_TYPE} (either)"
 )
@@ -105,19 +127,20 @@ def parse_events(body: bytes, content_type: str | None) -> list[Any]:
     if not mtype:
         raise IntakeError(415, f"the Content-Type header is missing; send {_ACCEPTED_HINT}")
     if mtype not in ACCEPTED_MEDIA_TYPES:
-        raise IntakeError(415, f"Content-Type {mtype!r} is not supported; send {_ACCEPTED_HINT}")
+        raise IntakeError(415, f"Content-Type {quote_value(mtype)} is not supported; send {_ACCEPTED_HINT}")
     assert content_type is not None  # media_type() returned non-empty
     charset = _charset(content_type)
     if charset is not None and charset != "utf-8":
         raise IntakeError(
             415,
-            f"charset {charset!r} is not supported: send the body as UTF-8 (charset=utf-8, or no charset parameter)",
+            f"charset {quote_value(charset)} is not supported: send the body as UTF-8 (charset=utf-8, or no charset "
+            "parameter)",
         )
 
     if not body:
         raise IntakeError(400, "the request body is empty; send a CloudEvent or an array of them")
     try:
-        doc = orjson.loads(body)
+        doc = load_json(body)
     except orjson.JSONDecodeError as exc:
         # orjson's message carries "line L column C (char N)": keep it verbatim
         # so the client can find the spot.
@@ -164,16 +187,16 @@ def parse_records(body: bytes, content_type: str | None) -> list[Any]:
     mtype = media_type(content_type)
     if mtype not in RAW_MEDIA_TYPES:
         accepted = ", ".join(sorted(RAW_MEDIA_TYPES))
-        got = f"Content-Type {mtype!r} is not supported" if mtype else "the Content-Type header is missing"
+        got = f"Content-Type {quote_value(mtype)} is not supported" if mtype else "the Content-Type header is missing"
         raise IntakeError(415, f"{got}; send JSON records as one of: {accepted}")
     charset = _charset(content_type or "")
     if charset is not None and charset != "utf-8":
-        raise IntakeError(415, f"charset {charset!r} is not supported: send the body as UTF-8")
+        raise IntakeError(415, f"charset {quote_value(charset)} is not supported: send the body as UTF-8")
     if not body.strip():
         raise IntakeError(400, "the request body is empty; send a JSON object, an array, or JSON lines")
     if mtype == JSON_MEDIA_TYPE:
         try:
-            doc = orjson.loads(body)
+            doc = load_json(body)
         except orjson.JSONDecodeError as exc:
             if b"\n" not in body.strip():
                 raise IntakeError(400, f"the body is not valid JSON: {exc}") from None
@@ -187,14 +210,77 @@ def parse_records(body: bytes, content_type: str | None) -> list[Any]:
     for n, line in enumerate(body.splitlines(), 1):
         if line.strip():
             try:
-                records.append(orjson.loads(line))
+                records.append(load_json(line))
             except orjson.JSONDecodeError as exc:
                 raise IntakeError(400, f"line {n} is not valid JSON: {exc}") from None
     return records
 
 
 # ---------------------------------------------------------------------------
+# Content-Encoding
+
+#: What the receiver decompresses (aiohttp does it while reading the body);
+#: anything else is a 415 naming these, not a body that "is not valid JSON".
+SUPPORTED_ENCODINGS: tuple[str, ...] = ("gzip", "deflate", "identity")
+
+
+def check_content_encoding(header: str | None) -> None:
+    """Raise a 415 :class:`IntakeError` unless ``header`` names gzip, deflate, identity or nothing."""
+    value = (header or "").strip().lower()
+    if value in ("", *SUPPORTED_ENCODINGS):
+        return
+    raise IntakeError(
+        415,
+        f"Content-Encoding {quote_value(header)} is not supported: send the body uncompressed or with one of "
+        f"{', '.join(SUPPORTED_ENCODINGS)} (a single encoding)",
+    )
+
+
+# ---------------------------------------------------------------------------
 # RFC 7807 problem documents
+
+
+#: At most this many entries in a problem's ``invalid`` list; ``invalid_count``
+#: gives the total, ``truncated`` says whether entries were left out.  One 4 MB
+#: request of invalid fields once produced a 98 MB answer (issue 10).
+MAX_REPORTED_ERRORS = 100
+_MAX_DETAIL = 1000
+_MAX_MESSAGE = 400
+_MAX_FIELD = 64
+_MAX_ID = 256
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters (the last one an ellipsis) when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def collect_errors(
+    events: list[Any],
+    check: Callable[[Any, int], Iterable[RecordError]],
+    *,
+    limit: int = MAX_REPORTED_ERRORS,
+) -> tuple[list[RecordError], int, int]:
+    """Check ``events`` (``check(event, index)`` each) until ``limit`` problems are found.
+
+    Returns the first ``limit`` problems, the number found, and the number of
+    events checked: checking stops after the event that reached the limit, so
+    a request of hundreds of thousands of invalid fields costs a few
+    milliseconds, not a second of the event loop, and never holds them all.
+    """
+    kept: list[RecordError] = []
+    found = 0
+    for index, event in enumerate(events):
+        errors = check(event, index)
+        if not errors:
+            continue
+        for err in errors:
+            found += 1
+            if len(kept) < limit:
+                kept.append(err)
+        if found >= limit:
+            return kept, found, index + 1
+    return kept, found, len(events)
 
 
 def problem(
@@ -204,32 +290,48 @@ def problem(
     errors: list[RecordError] | None = None,
     *,
     events: list[Any] | None = None,
+    total: int | None = None,
+    unchecked: int = 0,
 ) -> dict[str, Any]:
-    """An RFC 7807 ``application/problem+json`` body.
+    """An RFC 7807 ``application/problem+json`` body, bounded in size whatever the client sent.
 
     ``type`` is ``about:blank`` (the HTTP status says it all; ``title`` is
     expected to be its reason phrase).  With ``errors``, ``invalid`` lists one
     entry per problem: ``index``, ``field`` (null when the whole event is
     wrong), ``message``, and the event's ``id`` when ``events`` is given and
-    that event has a non-empty string id -- so a client can match the entry
-    to its own record even if it reordered the batch.
+    that event has a non-empty string id (of at most 256 characters) -- so a
+    client can match the entry to its own record even if it reordered the
+    batch.  At most :data:`MAX_REPORTED_ERRORS` entries are listed;
+    ``invalid_count`` is the number of problems found (``total`` when the
+    caller counted more than it passed), ``truncated`` whether some were left
+    out, and ``unchecked_events`` (only when not 0) how many events at the end
+    were not checked at all once the limit was reached (see
+    :func:`collect_errors`).
+    Every echoed string is cut short (detail 1000, message 400, field 64
+    characters).
     """
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": shorten(detail, _MAX_DETAIL),
     }
     if errors is not None:
         invalid: list[dict[str, Any]] = []
-        for err in errors:
-            entry: dict[str, Any] = {"index": err.index, "field": err.field, "message": err.message}
+        for err in errors[:MAX_REPORTED_ERRORS]:
+            field = err.field if err.field is None else shorten(str(err.field), _MAX_FIELD)
+            entry: dict[str, Any] = {"index": err.index, "field": field, "message": shorten(err.message, _MAX_MESSAGE)}
             if events is not None and 0 <= err.index < len(events):
                 ev = events[err.index]
                 if isinstance(ev, dict):
                     ev_id = ev.get("id")
-                    if isinstance(ev_id, str) and ev_id:
+                    if isinstance(ev_id, str) and ev_id and len(ev_id) <= _MAX_ID:
                         entry["id"] = ev_id
             invalid.append(entry)
+        count = max(total if total is not None else 0, len(errors))
         body["invalid"] = invalid
+        body["invalid_count"] = count
+        body["truncated"] = count > len(invalid) or unchecked > 0
+        if unchecked:
+            body["unchecked_events"] = unchecked
     return body

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -12,6 +13,30 @@ from collector.components import ExporterConfig
 
 V1_PATH = "/api/v1/events"
 V3_PATH = "/api/v3/openmeter/events"
+MASK = "***"
+# Extra headers whose values are credentials (masked like the token).
+_SENSITIVE_HEADER_WORDS = ("auth", "token", "key", "secret", "cookie", "password")
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError:
+        return None
+    return parts
+
+
+def mask_userinfo(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part (if any) masked; a
+    URL that cannot be parsed is not repeated at all (it may hold a password)."""
+    parts = _split(url)
+    if parts is None:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}").geturl()
 
 
 class OpenMeterExporterConfig(ExporterConfig):
@@ -34,16 +59,50 @@ class OpenMeterExporterConfig(ExporterConfig):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{v!r} is not an http(s) URL (for example https://openmeter.cloud)")
+        # The value is never echoed: it may hold credentials (https://user:password@host).
+        parts = _split(v)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "not a usable URL: it needs the scheme http or https, a host and at most a numeric port "
+                "(for example https://openmeter.cloud)"
+            )
         return v.rstrip("/")
 
     @model_validator(mode="after")
     def _token_source(self) -> OpenMeterExporterConfig:
         if self.token is not None and self.token_file is not None:
             raise ValueError("set token or token_file, not both")
+        parts = _split(self.url)
+        in_url = parts is not None and (parts.username is not None or parts.password is not None)
+        by_header = any(h.lower() == "authorization" for h in self.headers)
+        if in_url and (self.token is not None or self.token_file is not None or by_header):
+            raise ValueError(
+                "credentials in url (basic authentication) conflict with token, token_file or "
+                "headers.Authorization: set one of them"
+            )
         return self
+
+    def display_url(self, url: str | None = None) -> str:
+        """``url`` (by default the configured one) as it may be logged or shown: no password."""
+        return mask_userinfo(self.url if url is None else url)
+
+    def secrets(self, token: str | None = None) -> list[str]:
+        """Every configured value that must never be shown: the token (``token``, or
+        ``token_file``'s content when readable), credential-like ``headers``, and the
+        credentials of ``url``, also as an ``Authorization: Basic`` header carries them."""
+        if token is None:
+            try:
+                token = self.resolve_token()
+            except ValueError:
+                token = None
+        out = [token] if token else []
+        out += [v for k, v in self.headers.items() if any(w in k.lower() for w in _SENSITIVE_HEADER_WORDS)]
+        parts = _split(self.url)
+        if parts is not None and parts.password:
+            user, password = unquote(parts.username or ""), unquote(parts.password)
+            out += [parts.password, password, f"{user}:{password}"]
+            out.append(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
+        return [s for s in out if s]
 
     def resolved_api(self) -> Literal["v1", "v3"]:
         if self.api != "auto":

@@ -1,4 +1,12 @@
-"""The ``openmeter`` exporter: one POST per batch, every status classified."""
+"""The ``openmeter`` exporter: one POST per batch, every status classified.
+
+Redirects are never followed: a 3xx is a retryable failure (class ``http_3xx``)
+and logged as an error naming the status and the ``Location``, so that events
+are counted as delivered only when the configured URL itself answered 2xx.
+Error bodies are read up to :data:`ERROR_BODY_LIMIT` bytes, never whole, and
+every text the exporter hands on (errors shown in ``/health``, bodies kept with
+dead letters) has the configured secrets masked.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,31 @@ from collector.events import OPENMETER
 BATCH_TYPE = "application/cloudevents-batch+json"
 _PERMANENT = {400, 413, 422}
 _AUTH = {401, 403}
+#: Most bytes of an error body that are read (and kept with a dead letter);
+#: the rest is never read: the connection is closed instead.
+ERROR_BODY_LIMIT = 8192
+#: How much of the body goes into the error message (``/health`` ``last_error``).
+_DETAIL_CHARS = 300
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int = ERROR_BODY_LIMIT) -> str:
+    """At most ``limit`` bytes of the body, decoded leniently; the connection is
+    closed when more was left unread, so a huge answer costs ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if not resp.content.at_eof():
+        resp.close()  # not released to the pool: the unread rest dies with the connection
+    data = b"".join(chunks)
+    try:
+        return data.decode(resp.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return data.decode("utf-8", errors="replace")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -44,7 +77,9 @@ class HttpStatusRetry(RetryableError):
             self.klass = f"http_{status}"
         elif status >= 500:
             self.klass = "http_5xx"
-        else:  # 404, 405, 3xx...: most likely a wrong URL; kept and retried, never dropped
+        elif 300 <= status < 400:  # a redirect, never followed: delivered means the configured URL said 2xx
+            self.klass = "http_3xx"
+        else:  # 404, 405...: most likely a wrong URL; kept and retried, never dropped
             self.klass = "http_4xx" if status >= 400 else "http_other"
 
 
@@ -65,10 +100,14 @@ class OpenMeterExporter(Exporter[OpenMeterExporterConfig]):
             raise ConfigError(str(exc), f"exporters.{ctx.id}.token_file") from None
         self.endpoint = config.endpoint()
         self._headers = {"Content-Type": BATCH_TYPE, "User-Agent": "collector/0.1", **config.headers}
+        self._redactor = ctx.telemetry.redactor
+        # Masked wherever text is logged, stored or shown: the token, credential-like
+        # headers and credentials in the URL (also as a Basic header would carry them).
+        self._redactor.add(*config.secrets(token))
         if token:
-            ctx.telemetry.redactor.add(token)
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
+        self._redirect_logged: tuple[int, str] | None = None
 
     async def _start(self) -> None:
         ssl_ctx: ssl.SSLContext | bool = True
@@ -84,7 +123,7 @@ class OpenMeterExporter(Exporter[OpenMeterExporterConfig]):
         )
         self.log.info(
             "openmeter exporter sending to %s (API %s)%s",
-            self.endpoint,
+            self.config.display_url(self.endpoint),
             self.config.resolved_api(),
             "" if "Authorization" in self._headers else " without a token",
         )
@@ -97,16 +136,32 @@ class OpenMeterExporter(Exporter[OpenMeterExporterConfig]):
     async def export(self, events: list[Event]) -> None:
         assert self._session is not None, "exporter not started"
         body = orjson.dumps(events)
+        scrub = self._redactor.scrub
         try:
-            async with self._session.post(self.endpoint, data=body) as resp:
+            # Never follow a redirect: aiohttp would turn a 301/302/303 into a body-less
+            # GET and count the target's 2xx as delivered, and send a 307/308 (with
+            # the token) wherever the Location says.
+            async with self._session.post(self.endpoint, data=body, allow_redirects=False) as resp:
                 status = resp.status
                 if 200 <= status < 300:
+                    self._redirect_logged = None
                     return
-                text = (await resp.text(errors="replace"))[:4096]
+                location = resp.headers.get("Location")
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                text = scrub(await read_bounded(resp))
         except aiohttp.ClientError as exc:
-            raise NetworkRetry(f"{type(exc).__name__}: {exc}") from None
-        detail = f"OpenMeter answered {status} for {len(events)} event(s): {text[:300]}"
+            raise NetworkRetry(scrub(f"{type(exc).__name__}: {exc}")) from None
+        if 300 <= status < 400:
+            where = scrub(self.config.display_url(location))[:200] if location else "no Location"
+            detail = (
+                f"OpenMeter answered {status} redirect to {where} for {len(events)} event(s); "
+                "redirects are not followed: check the exporter's url"
+            )
+            if self._redirect_logged != (status, where):  # once per redirect, not at every retry
+                self._redirect_logged = (status, where)
+                self.log.error("%s; the events are kept and retried", detail)
+            raise HttpStatusRetry(detail, status, retry_after)
+        detail = f"OpenMeter answered {status} for {len(events)} event(s): {text[:_DETAIL_CHARS]}"
         if status in _PERMANENT:
             raise PermanentError(detail, status=status, body=text)
         if status in _AUTH:

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from collector.builtin.processors.common import Failures, ProcessorConfig, RecordProcessor
 from collector.components import Batch, Meta
+from collector.events import value_errors
 from collector.mapping import CompiledMapping, FunctionMap, compile_expression
 
 
@@ -45,6 +46,19 @@ class MappingProcessor(RecordProcessor):
             if result is None:
                 dropped += 1
             elif isinstance(result, dict):
+                # Values the encoder cannot write exactly (NaN, a 100-bit integer, 300 levels of
+                # nesting) are this record's error, so on_error applies; not a failed commit.
+                problems = value_errors(result, i)
+                if problems:
+                    for p in problems:
+                        failures.add(
+                            i,
+                            record,
+                            f"mapping {self.id} produced a value that cannot be delivered: "
+                            f"{p.message} (expression: {self.mapping.snippet()})",
+                            p.field,
+                        )
+                    continue
                 out.append(result)
                 origins.append(batch.origins[i])
             else:

@@ -37,7 +37,9 @@ class QueueStats:
     bytes: int  # serialised size of those items
     oldest_age_s: float  # age of the oldest unacknowledged item; 0 when empty
     refusing: bool  # True while new data is refused (full, disk full)
-    quarantined: int = 0  # unreadable items moved aside since start
+    quarantined: int = 0  # unreadable items moved aside since start (salvage included)
+    salvaged_events: int = 0  # events salvaged from damaged queue files since start
+    damaged_files: tuple[str, ...] = ()  # those damaged files, kept beside the queue
 
 
 @runtime_checkable

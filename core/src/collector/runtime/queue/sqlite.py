@@ -4,7 +4,15 @@ Layout on disk, in ``directory``::
 
     <name>.db, <name>.db-wal, <name>.db-shm   the persist-queue database
     quarantine/<name>-<id>-<ns>.bin           unreadable items, raw bytes
-    <name>.db.corrupt-<stamp>                 a damaged database moved aside
+    quarantine/<name>-<id>-<ns>.unreadable    items whose row SQLite could not read (why)
+    <name>.db.corrupt-<stamp>                 a damaged database moved aside, kept
+    .<name>.db.corrupt-<stamp>.salvaged       what was salvaged from it (a note; see salvage_note)
+
+A damaged database is not set aside whole: :meth:`DurableQueue.open` moves
+it aside, starts a fresh one and salvages into it, in one transaction, every
+item that can still be read (:func:`collector.sqlite.read_salvageable`); the
+rows lost to the damage are counted as quarantined.  ``collector queue
+salvage FILE --to EXPORTER`` does the same for a file kept from before.
 
 One queue item is one *group commit*: a dedicated writer thread gathers the
 batches that producers hand to :meth:`DurableQueue.put` for up to
@@ -37,6 +45,7 @@ dead letters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -109,7 +118,7 @@ def _encode(enqueued_at: float, count: int, parts: Iterable[bytes]) -> bytes:
     return b'{"t":%s,"n":%d,"e":[%s]}' % (orjson.dumps(enqueued_at), count, body)
 
 
-def _read_header(prefix: bytes) -> tuple[float, int] | None:
+def read_header(prefix: bytes) -> tuple[float, int] | None:
     """(enqueued_at, event count) from the first bytes of a payload."""
     match = _HEADER.match(prefix)
     if match is None:
@@ -203,6 +212,10 @@ class DurableQueue:
         self._open = False
         #: damaged database files moved aside by open() since construction
         self.databases_moved_aside = 0
+        #: events salvaged from damaged files into this queue since construction
+        self.salvaged_events = 0
+        #: the damaged files kept (moved aside and salvaged) since construction
+        self.damaged_files: list[Path] = []
 
         # Producer hand-off to the writer thread.
         self._pending_cv = threading.Condition()
@@ -242,9 +255,10 @@ class DurableQueue:
     def open(self) -> None:
         """Open (or create) the database, rebuild counters, start the writer.
 
-        A database SQLite reports as damaged is moved aside and the queue
-        starts empty (docs/delivery.md, "Corruption and quarantine"); any
-        other error (locked, I/O) is raised and the file left alone.
+        A database SQLite reports as damaged is moved aside (and kept), a
+        fresh one started, and every item that can still be read salvaged
+        into it (docs/delivery.md, "Corruption and quarantine"); any other
+        error (locked, I/O) is raised and the file left alone.
         """
         if self._open:
             return
@@ -252,6 +266,15 @@ class DurableQueue:
         _, moved = db.open_or_move_aside(self.db_path, self._open_and_rebuild, what=f"queue {self.name}:", logger=log)
         if moved is not None:
             self.databases_moved_aside += 1
+            try:
+                self.salvage(moved)
+            except Exception as exc:  # the file is kept: `collector queue salvage` can try again
+                log.error(
+                    "queue %s: salvaging %s failed (%s); it is kept, retry with `collector queue salvage`",
+                    self.name,
+                    moved,
+                    exc,
+                )
         self._closing = False
         self._open = True
         self._writer = threading.Thread(target=self._writer_loop, name=f"queue-writer-{self.name}", daemon=True)
@@ -323,13 +346,83 @@ class DurableQueue:
         with self._state_cv:
             self._reset_counters_locked()
             for item_id, prefix, size in rows:
-                header = _read_header(prefix)
+                header = read_header(prefix)
                 if header is None:
                     unreadable.append(item_id)
                     continue
                 self._register_locked(item_id, _Meta(header[1], size, header[0]))
         for item_id in unreadable:
             self._quarantine(item_id, table.read(item_id) or b"", "unreadable header")
+
+    def salvage(self, path: Path) -> tuple[int, int, int]:
+        """Copy every readable item of the damaged queue file ``path`` into this (open) queue.
+
+        One transaction for all of them; items that cannot be read or
+        decoded are counted as quarantined (their bytes, where readable, go
+        to ``quarantine/``).  ``path`` is only read, never changed; a note
+        :func:`salvage_note` records the result.  Returns (events, items,
+        quarantined).  Blocking, like open().
+        """
+        table = self._require_storage()
+        found = db.read_salvageable(path, self._table_in(path), key="_id", columns="data, status")
+        if found.error is not None:
+            log.error("queue %s: nothing could be read from %s (%s); it is kept", self.name, path, found.error)
+        payloads: list[bytes] = []
+        events = 0
+        quarantined = found.unreadable
+        for item_id, data, status in found.rows:
+            if not table.readable(status):
+                continue
+            raw = bytes(data or b"")
+            try:
+                _, batch = _decode(raw)
+            except _Unreadable as exc:
+                self._keep_quarantined(item_id, raw, f"salvaged from {path.name}: {exc}")
+                quarantined += 1
+                continue
+            payloads.append(raw)
+            events += len(batch)
+        if payloads:
+            with self._db_lock:
+                table.insert_many(payloads)
+        # Offline use only (open(), the CLI): no item is claimed, the counters are rebuilt from the table.
+        self._rebuild()
+        with self._state_cv:
+            self._quarantined += quarantined
+        self.salvaged_events += events
+        self.damaged_files.append(path)
+        note = (
+            f"salvaged {events} event(s) in {len(payloads)} item(s) into {self.db_path}; "
+            f"{quarantined} item(s) unreadable\n"
+        )
+        with contextlib.suppress(OSError):
+            salvage_note(path).write_text(note, encoding="utf-8")
+        log.error(
+            "queue %s: salvaged %d event(s) in %d item(s) from the damaged %s; %d item(s) could not be read "
+            "(quarantined); the damaged file is kept",
+            self.name,
+            events,
+            len(payloads),
+            path,
+            quarantined,
+        )
+        return events, len(payloads), quarantined
+
+    def _table_in(self, path: Path) -> str:
+        """The queue table of a (possibly damaged) file: ours, or the one ack-queue table it has."""
+        ours = QueueTable.table_for(self.name)
+        try:
+            conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return ours
+        if ours.strip("`") in names:
+            return ours
+        tables = [n for n in names if n.startswith("ack_queue_")]
+        return f"`{tables[0]}`" if len(tables) == 1 else ours
 
     def _reset_counters_locked(self) -> None:
         self._meta.clear()
@@ -471,10 +564,7 @@ class DurableQueue:
             return BackpressureError(
                 f"queue {self.name}: disk full", retry_after=self._disk_retry_at - time.monotonic()
             )
-        if (
-            self.min_free_bytes
-            and self._free_bytes(self.min_free_bytes + group_bytes) - group_bytes < self.min_free_bytes
-        ):
+        if db.below_reserve(self.directory, self.min_free_bytes, group_bytes, inside=self._free_pages_bytes):
             # Refuse before the disk is full: draining needs a little room to
             # write (claims, acks, checkpoints). Retried like a full disk.
             self._enter_disk_full(OSError(errno.ENOSPC, f"less than min_free_bytes={self.min_free_bytes} free"))
@@ -518,26 +608,10 @@ class DurableQueue:
             log.warning("queue %s: writes succeed again; accepting data", self.name)
         return None
 
-    def _free_bytes(self, enough: int) -> int:
-        """Free space for the queue: the file system's, plus free pages inside the database.
-
-        The database's free pages are only counted when the file system alone
-        has less than ``enough``: a statvfs per group commit is cheap, two
-        queries under the database lock are not.
-        """
-        try:
-            st = os.statvfs(self.directory)
-        except OSError:
-            return 1 << 62
-        free = st.f_bavail * st.f_frsize
-        if free >= enough:
-            return free
-        try:
-            with self._db_lock:
-                free += self._require_storage().free_pages_bytes()
-        except (sqlite3.Error, RuntimeError):
-            pass
-        return free
+    def _free_pages_bytes(self) -> int:
+        """Free pages inside the database (counted by :func:`collector.sqlite.below_reserve` when the disk is low)."""
+        with self._db_lock:
+            return self._require_storage().free_pages_bytes()
 
     def _enter_disk_full(self, exc: BaseException) -> None:
         if not self._disk_full:
@@ -609,7 +683,20 @@ class DurableQueue:
                 if item_id is None:
                     return None
                 self._claimed.add(item_id)
-            data = self._pq.read(item_id)
+            try:
+                data = self._pq.read(item_id)
+            except sqlite3.DatabaseError as exc:
+                failure: sqlite3.DatabaseError | None = exc
+            else:
+                failure = None
+        if failure is not None:
+            if not db.is_corrupt(failure):  # locked, I/O: hand it back, the caller retries
+                with self._state_cv:
+                    self._claimed.discard(item_id)
+                    self._state_cv.notify()
+                raise failure
+            self._quarantine_unreadable_row(item_id, str(failure))
+            return None
         if data is None:  # deleted behind our back: forget it
             with self._state_cv:
                 self._forget_locked(item_id)
@@ -668,9 +755,32 @@ class DurableQueue:
                 self._quarantined += 1
         log.error("queue %s: unreadable item %d (%s) quarantined to %s", self.name, item_id, reason, path)
 
-    def _write_quarantine_file(self, item_id: int, data: bytes) -> Path:
+    def _quarantine_unreadable_row(self, item_id: int, reason: str) -> None:
+        """An item whose row SQLite cannot read any more (its page went bad): never handed out again.
+
+        Its id and the error go to quarantine/; the row is deleted if SQLite
+        lets us (else the next start finds the damage and salvages around it).
+        """
+        path = self._keep_quarantined(item_id, reason.encode(), reason, suffix="unreadable")
+        with self._db_lock:
+            with contextlib.suppress(sqlite3.Error, RuntimeError):
+                self._require_storage().delete(item_id)
+            with self._state_cv:
+                self._forget_locked(item_id)
+                self._quarantined += 1
+        log.error("queue %s: item %d cannot be read (%s); quarantined (%s)", self.name, item_id, reason, path)
+
+    def _keep_quarantined(self, item_id: int, data: bytes, reason: str, *, suffix: str = "bin") -> Path | None:
+        """Best effort: the bytes of an item set aside, in quarantine/ (None if that fails too)."""
+        try:
+            return self._write_quarantine_file(item_id, data, suffix=suffix)
+        except OSError as exc:
+            log.error("queue %s: cannot write item %d (%s) to quarantine/: %s", self.name, item_id, reason, exc)
+            return None
+
+    def _write_quarantine_file(self, item_id: int, data: bytes, *, suffix: str = "bin") -> Path:
         self.quarantine_dir.mkdir(exist_ok=True)
-        path = self.quarantine_dir / f"{self.name}-{item_id}-{time.time_ns()}.bin"
+        path = self.quarantine_dir / f"{self.name}-{item_id}-{time.time_ns()}.{suffix}"
         with open(path, "xb") as handle:
             handle.write(data)
             handle.flush()
@@ -690,6 +800,8 @@ class DurableQueue:
                 oldest_age_s=max(0.0, self._clock.time() - oldest.enqueued_at) if oldest else 0.0,
                 refusing=self._full or (self._disk_full and time.monotonic() < self._disk_retry_at),
                 quarantined=self._quarantined,
+                salvaged_events=self.salvaged_events,
+                damaged_files=tuple(str(p) for p in self.damaged_files),
             )
 
     def _register_locked(self, item_id: int, meta: _Meta) -> None:
@@ -713,6 +825,11 @@ class DurableQueue:
             )
 
 
+def salvage_note(path: Path) -> Path:
+    """Where the salvage of the damaged file ``path`` is recorded: a hidden file beside it."""
+    return path.with_name(f".{path.name}.salvaged")
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a new directory entry durable (POSIX; a no-op where unsupported)."""
     try:
@@ -727,4 +844,4 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["DurableQueue"]
+__all__ = ["DurableQueue", "salvage_note"]

@@ -52,6 +52,7 @@ still has the shape relied on, and fails loudly if an upgrade changes it):
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +169,27 @@ class QueueTable(SQLiteAckQueue):
 
     def free_pages_bytes(self) -> int:
         """Room inside the file (pages freed by deletes that SQLite reuses before growing it)."""
-        side = self._side()
-        pages = side.execute("PRAGMA freelist_count").fetchone()[0]
-        size = side.execute("PRAGMA page_size").fetchone()[0]
-        return int(pages) * int(size)
+        return db.free_pages_bytes(self._side())
+
+    def insert_many(self, payloads: list[bytes]) -> None:
+        """Add items in ONE transaction (a salvage), in the order given, as persist-queue's put() stores them."""
+        with db.transaction(self._side()) as conn:
+            conn.executemany(
+                f"INSERT INTO {self._table_name} (data, timestamp, status) VALUES (?, ?, {AckStatus.inited})",
+                [(payload, time.time()) for payload in payloads],
+            )
+        # The side connection commits with synchronous=NORMAL: make this one durable now.
+        self._side().execute("PRAGMA wal_checkpoint(FULL)")
+
+    @classmethod
+    def table_for(cls, name: str) -> str:
+        """The table persist-queue keeps the items of queue ``name`` in (as ``_table_name`` spells it)."""
+        return f"`{cls._TABLE_NAME}_{name}`"
+
+    @staticmethod
+    def readable(status: int | None) -> bool:
+        """An item not yet acknowledged (rows of older collectors may be marked acked)."""
+        return status is None or int(status) < int(AckStatus.acked)
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it."""

@@ -38,7 +38,7 @@ from collector.components import Event, RetrySettings
 from collector.errors import AuthError, PermanentError, RetryableError
 from collector.runtime.deadletters import DeadLetterStore
 from collector.runtime.sender.batching import Pending
-from collector.telemetry import Metrics
+from collector.telemetry import REDACTOR, Metrics
 
 log = logging.getLogger("collector.runtime.sender")
 
@@ -208,7 +208,8 @@ class Delivery:
         """Count and log a retryable failure; the backoff before the next attempt."""
         self.metrics.retries.labels(exporter=self.id, **{"class": failure.klass}).inc()
         self.stats.consecutive_failures += 1
-        self.stats.last_error = f"{failure.klass}: {exc}"[:500]
+        # Shown by /health: the far side's answer may echo our credentials.
+        self.stats.last_error = REDACTOR.scrub(f"{failure.klass}: {exc}")[:500]
         delay = self.backoff.delay(attempt, failure.retry_after)
         if failure.klass == "error":
             log.error("exporter %s: unexpected export failure; will retry", self.id, exc_info=exc)
@@ -286,7 +287,8 @@ class Delivery:
 
 
 def _auth_reason(exc: AuthError) -> str:
+    """Why the exporter is paused, as logged and shown by /health (secrets masked)."""
     reason = exc.message
     if exc.status is not None and str(exc.status) not in reason:
         reason = f"HTTP {exc.status}: {reason}"
-    return reason
+    return REDACTOR.scrub(reason)[:500]

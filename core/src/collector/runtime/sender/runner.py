@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from collector.clock import Clock, SystemClock
 from collector.components import Event, Exporter, ExporterConfig
@@ -30,13 +32,17 @@ from collector.runtime.queue import BatchQueue, QueueItem
 from collector.runtime.sender.batching import Batcher, Pending, Tracker
 from collector.runtime.sender.host import LoopHost
 from collector.runtime.sender.retry import Delivery, SenderStats, until_stored
-from collector.telemetry import ExporterGauges, Metrics
+from collector.telemetry import REDACTOR, ExporterGauges, Metrics
 
 log = logging.getLogger("collector.runtime.sender")
+T = TypeVar("T")
 
 # The CLI (`collector dlq`) may change the dead-letter store from another
 # process, so the in-memory count is set from the store this often.
 DEAD_LETTER_RECOUNT_S = 5.0
+# A sender whose storage writes (dead letters, acks) have failed without a
+# break for this long (by the Clock) is stuck: /health and /ready say so.
+STUCK_AFTER_S = 30.0
 
 
 class ExporterRunner:
@@ -63,6 +69,11 @@ class ExporterRunner:
         self.clock: Clock = clock or SystemClock()
         self.stats = SenderStats()
         self.host = LoopHost(exporter_id)
+        #: storage writes failing without a break past this many seconds make the exporter not ready
+        self.stuck_after_s = STUCK_AFTER_S
+        # what ("dead-letter writes", "acks") -> (Clock.monotonic() of the first failure, the last error)
+        self._failing: dict[str, tuple[float, str]] = {}
+        self._failing_lock = threading.Lock()
         self.batcher = Batcher(config.batch, self.clock)
         self.delivery = Delivery(
             exporter_id,
@@ -75,7 +86,7 @@ class ExporterRunner:
             metrics=metrics,
             stats=self.stats,
             clock=self.clock,
-            run_io=self.host.run_io,
+            run_io=lambda fn, *args: self._write_io("dead-letter writes", fn, *args),
             finish=self._finish,
             sleep=self._sleep,
             stopping=lambda: self._stopping,
@@ -131,10 +142,11 @@ class ExporterRunner:
 
     def health(self) -> dict[str, Any]:
         st = self.queue.stats()
+        stuck = self.stuck_reason()
         out = self.exporter.health()
         out.update(
             {
-                "ready": out.get("ready", False) and not self.stats.paused and not st.refusing,
+                "ready": out.get("ready", False) and not self.stats.paused and not st.refusing and stuck is None,
                 "paused": self.stats.paused,
                 "queue": {
                     "items": st.items,
@@ -143,12 +155,17 @@ class ExporterRunner:
                     "oldest_age_s": round(st.oldest_age_s, 3),
                     "refusing": st.refusing,
                     "quarantined": st.quarantined,
+                    "salvaged_events": st.salvaged_events,
+                    "damaged_files": list(st.damaged_files),
                 },
                 "in_flight_events": self.stats.in_flight_events,
             }
         )
         if self.stats.paused_reason:
             out["paused_reason"] = self.stats.paused_reason
+        if stuck is not None:
+            out["stuck"] = True
+            out["stuck_reason"] = stuck
         if self.stats.last_error:
             out["last_error"] = self.stats.last_error
         return out
@@ -168,10 +185,36 @@ class ExporterRunner:
             queue_oldest_age_s=st.oldest_age_s,
             queue_refusing=st.refusing,
             queue_quarantined=st.quarantined,
+            queue_salvaged=st.salvaged_events,
             in_flight_events=self.stats.in_flight_events,
             paused=self.stats.paused,
             dead_letter_events=self.delivery.dead_letter_count,
         )
+
+    def stuck_reason(self) -> str | None:
+        """Why the sender cannot make progress, once its storage writes have failed for ``stuck_after_s``."""
+        now = self.clock.monotonic()
+        with self._failing_lock:
+            failing = list(self._failing.items())
+        for what, (since, error) in failing:
+            if now - since >= self.stuck_after_s:
+                return f"sender stuck: {what} failing for {now - since:.0f}s ({error})"
+        return None
+
+    async def _write_io(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A storage write on the I/O thread, remembering since when writes of this kind fail."""
+        try:
+            result = await self.host.run_io(fn, *args)
+        except Exception as exc:
+            with self._failing_lock:
+                since = self._failing[what][0] if what in self._failing else self.clock.monotonic()
+                self._failing[what] = (since, REDACTOR.scrub(str(exc))[:300])
+            raise
+        if what in self._failing:
+            with self._failing_lock:
+                self._failing.pop(what, None)
+            log.warning("exporter %s: %s succeed again", self.id, what, extra={"exporter": self.id})
+        return result
 
     def _recount_dead_letters(self) -> None:
         """Blocking: read the store's count (at start, and on the I/O thread later)."""
@@ -301,7 +344,7 @@ class ExporterRunner:
         """Acknowledge, retrying storage errors (a full disk): an unacknowledged
         item would be sent again after a restart, never lost."""
         await until_stored(
-            lambda: self.host.run_io(self.queue.ack, item_id),
+            lambda: self._write_io("acks", self.queue.ack, item_id),
             what=f"exporter {self.id}: ack of queue item {item_id}",
             on_stop="it will be sent again after restart",
             stopping=lambda: self._stopping,
