@@ -90,12 +90,15 @@ class _GuardedHandler(RequestHandler):
     core/tests/test_http_hardening.py and plugins/otlp/tests/test_http_limits.py pin the behaviour.
     """
 
-    def __init__(self, manager: Any, *, guard: ConnectionGuard, error_body: ErrorBody, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: Any, *, guard: ConnectionGuard, error_body: ErrorBody, deadlines: _HeaderDeadlines, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._error_body = error_body
+        self._deadlines = deadlines
         self._counted = False
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_armed = False
         self._armed_count = 0
         self._partial = False
 
@@ -132,21 +135,24 @@ class _GuardedHandler(RequestHandler):
 
     # -- the header timeout ----------------------------------------------------------------------
 
+    # A deadline in a dict that one sweep per listener checks, not a TimerHandle per request:
+    # scheduling and cancelling a timer for every request cost several percent of ingest.
+
     def _arm(self) -> None:
-        self._disarm()
         self._armed_count = self._request_count
         self._partial = False
-        self._header_timer = self._loop.call_later(self._guard.limits.header_timeout, self._header_timeout)
+        self._header_armed = True
+        self._deadlines.arm(self, self._loop.time() + self._guard.limits.header_timeout)
 
     def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._header_armed:
+            self._header_armed = False
+            self._deadlines.disarm(self)
 
     def data_received(self, data: bytes) -> None:
         if self._force_close or self._close:
             return
-        if data and self._header_timer is None and not self._request_in_progress and not self._messages:
+        if data and not self._header_armed and not self._request_in_progress and not self._messages:
             self._arm()  # the first byte of a later request on a kept-alive connection
         if data:
             self._partial = True
@@ -156,7 +162,7 @@ class _GuardedHandler(RequestHandler):
             self._disarm()  # the headers are complete
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
+        self._header_armed = False
         transport = self.transport
         if self._force_close or self._close or transport is None:
             return
@@ -206,6 +212,45 @@ class _GuardedHandler(RequestHandler):
         return resp
 
 
+class _HeaderDeadlines:
+    """The header deadlines of one listener's connections, checked by one recurring sweep.
+
+    The sweep runs every quarter of ``header_timeout`` (at most every second), so a
+    slow client is cut off between 1x and 1.25x the timeout; it runs only while
+    some connection is waiting for headers.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._interval = min(1.0, timeout / 4)
+        self._due: dict[_GuardedHandler, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def arm(self, handler: _GuardedHandler, deadline: float) -> None:
+        self._due[handler] = deadline
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(self._interval, self._run)
+
+    def disarm(self, handler: _GuardedHandler) -> None:
+        self._due.pop(handler, None)
+
+    def _run(self) -> None:
+        self._sweep = None
+        now = self._loop.time()
+        expired = [h for h, deadline in self._due.items() if deadline <= now]
+        for handler in expired:
+            del self._due[handler]
+            handler._header_timeout()
+        if self._due:
+            self._sweep = self._loop.call_later(self._interval, self._run)
+
+    def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._due.clear()
+
+
 class GuardedSite(web.BaseSite):
     """A TCP listener for ``runner`` whose connections are :class:`_GuardedHandler`\\ s.
 
@@ -229,6 +274,12 @@ class GuardedSite(web.BaseSite):
         self.guard = guard
         self.error_body = error_body
         self.port: int | None = None
+        self._deadlines: _HeaderDeadlines | None = None
+
+    def stop_sweeping(self) -> None:
+        """Cancel the header-deadline sweep (the listener is going away)."""
+        if self._deadlines is not None:
+            self._deadlines.close()
 
     @property
     def name(self) -> str:
@@ -243,9 +294,10 @@ class GuardedSite(web.BaseSite):
         # The keyword arguments aiohttp's Server passes to each RequestHandler it makes.
         kwargs = dict(server._kwargs)
         guard, error_body = self.guard, self.error_body
+        deadlines = self._deadlines = _HeaderDeadlines(loop, guard.limits.header_timeout)
 
         def factory() -> _GuardedHandler:
-            return _GuardedHandler(server, loop=loop, guard=guard, error_body=error_body, **kwargs)
+            return _GuardedHandler(server, loop=loop, guard=guard, error_body=error_body, deadlines=deadlines, **kwargs)
 
         self._server = await loop.create_server(
             factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, reuse_address=True
@@ -376,6 +428,7 @@ async def start_http_server(
     async def cleanup() -> None:
         release()
         await runner.cleanup()
+        site.stop_sweeping()
 
     assert site.port is not None
     return HttpServerHandle(port=site.port, guard=guard, stop_accepting=stop_accepting, cleanup=cleanup)

@@ -19,7 +19,6 @@ See docs/operations.md, "Renamed or removed exporters".
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import time
@@ -57,6 +56,8 @@ def add_queue_parsers(
 
 
 def run_queue(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at import: `collector --help` builds this parser
+
     found = load_or_report(args)
     if found is None:
         return EXIT_CONFIG
@@ -175,6 +176,8 @@ async def _drain(args: argparse.Namespace, loaded: LoadedConfig, registry: Regis
 
 async def _move_queue(args: argparse.Namespace, old: str, old_dir: Path, target: BatchQueue) -> int | None:
     """Every item of OLD's queue committed to ``target``, then acknowledged in OLD; the events moved."""
+    import asyncio  # here, not at import: `collector --help` builds this parser
+
     from tqdm import tqdm
 
     from collector.errors import BackpressureError

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +136,10 @@ class WatchedQueue:
     def open(self) -> None:
         self.inner.open()
 
-    async def put(self, events: list[dict[str, Any]]) -> None:
+    def put(self, events: list[dict[str, Any]]) -> Coroutine[Any, Any, None]:
+        # The inner queue's coroutine itself, not one more coroutine around it: this is on every request.
         self.watch.raise_if_lost()
-        await self.inner.put(events)
+        return self.inner.put(events)
 
     def check_intake(self) -> None:
         self.watch.raise_if_lost()

