@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from collector.auth import AuthConfig
 from collector.durations import ByteSize, Duration
 from collector.endpoints import parse_endpoint
+from collector.serverlimits import ServerLimitsConfig
 from collector.tls import TlsConfig
 
 
@@ -16,8 +17,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class HttpReceiverConfig(_Strict):
-    """CloudEvents over HTTP, compatible with OpenMeter's ingest API and SDKs."""
+class _HttpReceiverFields(_Strict):
+    """The receiver's own settings (the connection limits come from ServerLimitsConfig, after them)."""
 
     endpoint: str = Field("127.0.0.1:8080", description="host:port to listen on (0.0.0.0:8080 in containers).")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Require a bearer token when set.")
@@ -31,21 +32,6 @@ class HttpReceiverConfig(_Strict):
     max_events: int = Field(10_000, gt=0, description="Most events in one request; more is refused with 413.")
     read_timeout: Duration = Field(
         30.0, gt=0, description="How long a client may take to send its body before it gets 408 (30s, 1m)."
-    )
-    header_timeout: Duration = Field(
-        10.0,
-        gt=0,
-        description="How long a client may take to send a request's line and headers, from the connection's "
-        "opening (or a later request's first byte) -- then 408 and the connection is closed (10s).",
-    )
-    idle_timeout: Duration = Field(
-        60.0, gt=0, description="Close a kept-alive connection that sends no request for this long (60s, 5m)."
-    )
-    max_connections: int = Field(
-        1024,
-        gt=0,
-        description="Most open connections; one more is answered 503 (Retry-After: 1) at once and closed. Keep it "
-        "below the process's file descriptor limit (ulimit -n).",
     )
     format: Literal["cloudevents", "json"] = Field(
         "cloudevents",
@@ -81,3 +67,7 @@ class HttpReceiverConfig(_Strict):
     @classmethod
     def _headers(cls, v: list[str]) -> list[str]:
         return [h.lower() for h in v]
+
+
+class HttpReceiverConfig(ServerLimitsConfig, _HttpReceiverFields):
+    """CloudEvents over HTTP, compatible with OpenMeter's ingest API and SDKs."""

@@ -47,7 +47,7 @@ from collector.endpoints import parse_endpoint
 from collector.errors import BackpressureError, PermanentError, RecordError
 from collector.events import OPENMETER, fill_defaults, validate_event
 from collector.httpserver import start_http_server
-from collector.serverlimits import HttpServerHandle, ServerLimits
+from collector.serverlimits import HttpServerHandle
 
 # CloudEvents posted to the ingest API were checked against OpenMeter's rules
 # on arrival (it is OpenMeter's API, whatever the exporter): the pipeline need
@@ -80,7 +80,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
         super().__init__(ctx, config)
         self._auth = BearerAuth(config.auth.bearer_tokens(f"receivers.{ctx.id}.auth", ctx.telemetry.redactor))
         self._server: HttpServerHandle | None = None
-        self._limits = ServerLimits(config.header_timeout, config.idle_timeout, config.max_connections)
+        self._limits = config.limits()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
