@@ -115,15 +115,6 @@ class Window:
     def end_time(self) -> str:
         return format_time(datetime.fromtimestamp(self.end, UTC))
 
-    def meta(self) -> dict[str, Any]:
-        return {
-            "window_start": self.start_time,
-            "window_end": self.end_time,
-            "interval_seconds": self.seconds,
-            "window_start_unix": self.start,
-            "window_end_unix": self.end,
-        }
-
     def __str__(self) -> str:
         return f"[{self.start_time}, {self.end_time})"
 

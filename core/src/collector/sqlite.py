@@ -194,6 +194,16 @@ def free_pages_bytes(conn: sqlite3.Connection) -> int:
     return int(pages) * int(size)
 
 
+#: The files of one SQLite database: the file itself and what SQLite keeps beside it.
+FILE_SET = ("", "-wal", "-shm", "-journal")
+
+
+def remove_database(path: Path) -> None:
+    """Delete the database ``path`` with its ``-wal``/``-shm``/``-journal`` files (missing ones are fine)."""
+    for extra in FILE_SET:
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+
+
 def move_aside(path: Path) -> Path:
     """Rename ``path`` and its ``-wal``/``-shm``/``-journal`` files to ``*.corrupt-<stamp>``.
 
@@ -203,10 +213,10 @@ def move_aside(path: Path) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     suffix = f".corrupt-{stamp}"
     serial = 1
-    while any(Path(f"{path}{extra}{suffix}").exists() for extra in ("", "-wal", "-shm", "-journal")):
+    while any(Path(f"{path}{extra}{suffix}").exists() for extra in FILE_SET):
         suffix = f".corrupt-{stamp}-{serial}"  # two failures within one second
         serial += 1
-    for extra in ("", "-wal", "-shm", "-journal"):
+    for extra in FILE_SET:
         source = Path(f"{path}{extra}")
         if source.exists():
             os.replace(source, Path(f"{source}{suffix}"))
@@ -341,6 +351,7 @@ def _highest_id(conn: sqlite3.Connection, table: str, low: int) -> int:
 
 
 __all__ = [
+    "FILE_SET",
     "SALVAGE_MAX_PROBES",
     "SYNCHRONOUS",
     "ConnectHook",
@@ -357,6 +368,7 @@ __all__ = [
     "move_aside",
     "open_or_move_aside",
     "read_salvageable",
+    "remove_database",
     "synchronous_for",
     "transaction",
     "wal_of",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -247,18 +248,13 @@ def _move_dead_letters(old_dir: Path, layout: StorageLayout, to: str) -> int:
 
 def _add_like(target: DeadLetterStore, entries: list[Any]) -> None:
     """Add entries with their own reason, status and body, consecutive equal ones in one write."""
-    run: list[Any] = []
-    for entry in [*entries, None]:
-        key = None if entry is None else (entry.reason, entry.status, entry.body)
-        if run and key != (run[0].reason, run[0].status, run[0].body):
-            target.add([e.event for e in run], run[0].reason, status=run[0].status, body=run[0].body)
-            run = []
-        if entry is not None:
-            run.append(entry)
+    for (reason, status, body), run in itertools.groupby(entries, key=lambda e: (e.reason, e.status, e.body)):
+        target.add([e.event for e in run], reason, status=status, body=body)
 
 
 def _remove_emptied(old_dir: Path) -> list[str]:
     """Delete OLD's emptied databases, then the directories left empty; what had to stay."""
+    from collector import sqlite
     from collector.runtime.layout import DEADLETTER_FILE, QUEUE_DIR
     from collector.runtime.orphans import QUEUE_NAME, exporter_contents
 
@@ -266,9 +262,7 @@ def _remove_emptied(old_dir: Path) -> list[str]:
     if not contents.empty:
         return [f"{contents.queue_events} queued event(s), {contents.dead_letters} dead letter(s)"]
     for db in (old_dir / QUEUE_DIR / f"{QUEUE_NAME}.db", old_dir / DEADLETTER_FILE):
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{db}{suffix}").unlink()
+        sqlite.remove_database(db)
     for d in (old_dir / QUEUE_DIR, old_dir):
         with contextlib.suppress(FileNotFoundError, OSError):
             d.rmdir()  # only if empty: quarantined items and damaged files stay
