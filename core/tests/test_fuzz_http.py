@@ -14,10 +14,7 @@ import asyncio
 import contextlib
 import gzip
 import socket
-import threading
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,8 +22,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.testing.harness import RunningPipeline
-from collector.testing.harness import run_pipeline as start_pipeline
+from collector.testing import service_in_thread
 
 V1 = "/api/v1/events"
 V3 = "/api/v3/openmeter/events"
@@ -44,24 +40,6 @@ SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-@contextlib.contextmanager
-def service_in_thread(yaml_text: str, storage: Path) -> Iterator[RunningPipeline]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="http-under-fuzz", daemon=True)
-    thread.start()
-    cm = start_pipeline(yaml_text, storage)
-    try:
-        pipeline = asyncio.run_coroutine_threadsafe(cm.__aenter__(), loop).result(30)
-        try:
-            yield pipeline
-        finally:
-            asyncio.run_coroutine_threadsafe(cm.__aexit__(None, None, None), loop).result(30)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def ev(i: object, **extra: Any) -> dict[str, Any]:

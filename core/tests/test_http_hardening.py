@@ -28,7 +28,7 @@ import pytest
 
 from collector.events import fill_defaults, validate_event
 from collector.telemetry import JsonFormatter
-from collector.testing import FakeClock, eventually
+from collector.testing import FakeClock, eventually, read_until_closed
 from collector.testing.harness import RunningPipeline
 
 V1 = "/api/v1/events"
@@ -72,15 +72,6 @@ async def post(
     hdrs = {"Content-Type": JSON, **(headers or {})}
     async with s.post(f"http://127.0.0.1:{port}{V1}", data=body, headers=hdrs) as r:
         return r.status, dict(r.headers), await r.read()
-
-
-async def read_until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
-    """Everything the server sends until it closes the connection (TimeoutError if it never does)."""
-    out = b""
-    async with asyncio.timeout(timeout):
-        while chunk := await reader.read(65536):
-            out += chunk
-    return out
 
 
 # ---------------------------------------------------------------------------

@@ -17,9 +17,8 @@ import logging
 import shutil
 import ssl
 import subprocess
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,8 @@ from hypothesis import strategies as st
 
 from collector.errors import ConfigError
 from collector.events import stable_id
-from collector.testing import eventually
+from collector.testing import eventually, service_in_thread
 from collector.testing.harness import RunningPipeline
-from collector.testing.harness import run_pipeline as start_pipeline
 
 V1 = "/api/v1/events"
 V3 = "/api/v3/openmeter/events"
@@ -700,25 +698,6 @@ async def test_fill_missing_false_refuses_events_without_id_or_time(collector_ru
 
 # ---------------------------------------------------------------------------
 # Fuzz: whatever arrives, the answer is a deliberate one
-
-
-@contextlib.contextmanager
-def service_in_thread(yaml_text: str, storage: Path) -> Iterator[RunningPipeline]:
-    """A running service on its own loop in a daemon thread, for synchronous (hypothesis) tests."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="service-under-fuzz", daemon=True)
-    thread.start()
-    cm = start_pipeline(yaml_text, storage)
-    try:
-        pipeline = asyncio.run_coroutine_threadsafe(cm.__aenter__(), loop).result(30)
-        try:
-            yield pipeline
-        finally:
-            asyncio.run_coroutine_threadsafe(cm.__aexit__(None, None, None), loop).result(30)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 _json_scalars = (

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from otlp_support import logs_request, pipeline_yaml
 
-from collector.testing import eventually, run_pipeline
+from collector.testing import eventually, read_until_closed, run_pipeline
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -29,15 +29,6 @@ def limits_yaml(limits: str) -> str:
     old = 'http: {endpoint: "127.0.0.1:0"}'
     assert old in yaml_text
     return yaml_text.replace(old, f'http: {{endpoint: "127.0.0.1:0", {limits}}}')
-
-
-async def read_until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
-    """Everything the server sends until it closes the connection (TimeoutError if it never does)."""
-    out = b""
-    async with asyncio.timeout(timeout):
-        while chunk := await reader.read(65536):
-            out += chunk
-    return out
 
 
 def export_request(body: bytes, close: bool = False) -> bytes:

@@ -11,8 +11,8 @@ See docs/plugin-authors.md, "Testing".
 
 from collector.clock import FakeClock
 from collector.testing.components import MemoryExporter, ScriptedReceiver, TestingPlugin
-from collector.testing.harness import RunningPipeline, run_pipeline, testing_registry
-from collector.testing.waiting import eventually, eventually_sync
+from collector.testing.harness import RunningPipeline, run_pipeline, service_in_thread, testing_registry
+from collector.testing.waiting import eventually, eventually_sync, read_until_closed
 
 __all__ = [
     "FakeClock",
@@ -22,6 +22,8 @@ __all__ = [
     "TestingPlugin",
     "eventually",
     "eventually_sync",
+    "read_until_closed",
     "run_pipeline",
+    "service_in_thread",
     "testing_registry",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,26 @@ async def run_pipeline(
         yield RunningPipeline(service)
     finally:
         await service.stop(drain_timeout)
+
+
+@contextmanager
+def service_in_thread(yaml_text: str, storage: Path, **kwargs: Any) -> Iterator[RunningPipeline]:
+    """:func:`run_pipeline` on its own event loop in a daemon thread, for synchronous tests.
+
+    Hypothesis tests and tests that drive a receiver with blocking clients
+    cannot await; they talk to the running service from the test's thread.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="collector-service-under-test", daemon=True)
+    thread.start()
+    cm = run_pipeline(yaml_text, storage, **kwargs)
+    try:
+        pipeline = asyncio.run_coroutine_threadsafe(cm.__aenter__(), loop).result(30)
+        try:
+            yield pipeline
+        finally:
+            asyncio.run_coroutine_threadsafe(cm.__aexit__(None, None, None), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -99,3 +99,15 @@ def eventually_sync(
         if time.monotonic() >= deadline:
             raise _failure(_describe(check, message), timeout, value, error)
         time.sleep(interval)
+
+
+async def read_until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything a server sends on a raw connection until it closes it (TimeoutError if it never does).
+
+    For tests of connection handling (idle and header timeouts, connection caps).
+    """
+    out = b""
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(65536):
+            out += chunk
+    return out
