@@ -433,7 +433,9 @@ def test_python_blocks_run(doc: Path, tmp_path: Path):
             module = types.ModuleType(f"docs_{block.arg}")
             exec(compile(block.body, block.where, "exec"), module.__dict__)
             info = next(p for p in testing_registry([("docs-example", module)]).plugins if p.name == "docs-example")
-            assert info.status == "loaded" and (info.components or info.functions), f"{block.where}: {info.error}"
+            assert info.status == "loaded" and (info.components or info.functions or info.presets), (
+                f"{block.where}: {info.error}"
+            )
             continue
         exec(compile(block.body, block.where, "exec"), namespace.__dict__)
     for name, fn in list(vars(namespace).items()):
@@ -524,6 +526,8 @@ COMPONENT_PAGES = {
     "http-receiver.md": ("receiver", "http"),
     "openmeter-exporter.md": ("exporter", "openmeter"),
     "debug-exporter.md": ("exporter", "debug"),
+    "kubernetes-receiver.md": ("receiver", "kubernetes"),
+    "kubernetes-lease-coordinator.md": ("coordinator", "kubernetes_lease"),
 }
 
 

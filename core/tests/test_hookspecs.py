@@ -16,6 +16,7 @@ HOOKS = [
     "collector_exporters",
     "collector_coordinators",
     "collector_functions",
+    "collector_presets",
 ]
 
 
@@ -35,7 +36,7 @@ def test_every_hook_is_documented_with_a_runnable_example(hook):
     registry = testing_registry([(f"example-{hook}", module)])
     info = next(p for p in registry.plugins if p.name == f"example-{hook}")
     assert info.status == "loaded"
-    assert info.components or info.functions
+    assert info.components or info.functions or info.presets
 
 
 def test_all_hookspecs_are_covered():
@@ -64,3 +65,16 @@ exporters: {memory: {batch: {period: 0.01}}, "null": {queue: {kind: memory}}}
 def test_functions_example_is_callable():
     registry = testing_registry([("fx", example_module("collector_functions"))])
     assert registry.functions()["cents"].func(1.25) == 125
+
+
+def test_presets_example_is_loadable_by_name():
+    """A plugin's preset is what `collector run --preset NAME` loads, and it is a valid configuration."""
+    from collector import presets
+    from collector.config import load_config
+
+    registry = testing_registry([("px", example_module("collector_presets"))])
+    text = presets.load("http-debug", plugin_presets=registry.presets())
+    loaded = load_config(text, registry, source="preset http-debug")
+    assert list(loaded.raw.receivers) == ["http"]
+    with pytest.raises(KeyError, match="http-debug"):
+        presets.load("nope", plugin_presets=registry.presets())

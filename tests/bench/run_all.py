@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,9 +101,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("otlp ...", file=sys.stderr, flush=True)
         otlp_args = ["--duration", str(args.duration), "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
         results["otlp"] = bench_otlp.main(otlp_args)
+    results["kubernetes"] = kubernetes(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["summary"] = summarise(results)
     return results
+
+
+def kubernetes(args: argparse.Namespace) -> dict[str, Any]:
+    """plugins/kubernetes/tests/bench_pods.py in its own process (it starts two more); its table is kept."""
+    script = Path(__file__).resolve().parents[2] / "plugins/kubernetes/tests/bench_pods.py"
+    if not script.exists():
+        return {"skipped": f"{script} not found"}
+    print("kubernetes ...", file=sys.stderr, flush=True)
+    out_json = args.json.parent / "kubernetes.json"
+    cmd = [sys.executable, str(script), "--json", str(out_json), *(["--pods", "2000"] if args.quick else [])]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        return {"skipped": "bench_pods.py ran past 600 s"}
+    if done.returncode != 0:
+        return {"skipped": f"bench_pods.py failed ({done.returncode}): {done.stderr[-2000:]}"}
+    return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
 
 
 def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -320,6 +339,8 @@ def main() -> int:
     results = run(args)
     print_table(results)
     print_details(results)
+    k8s = results["kubernetes"]
+    print("\n" + k8s["table"] if "table" in k8s else f"\nkubernetes: skipped: {k8s['skipped']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults: {args.json}")

@@ -73,7 +73,7 @@ from collector.mapping import CompiledMapping, FunctionMap, MappingCompileError,
 from collector.metrics import Meter
 from collector.pull import PullReceiver, ScheduleConfig, Window
 from collector.serverlimits import ErrorBody, HttpServerHandle, Log, ServerLimits, ServerLimitsConfig
-from collector.specs import KINDS, ComponentID, ComponentKind, ComponentSpec, FunctionSpec
+from collector.specs import KINDS, ComponentID, ComponentKind, ComponentSpec, FunctionSpec, PresetSpec
 from collector.state import Entry, StateFullError, StateStore
 from collector.tls import TlsConfig
 
@@ -159,6 +159,7 @@ __all__ = [
     "Meter",
     "OutcomeHook",
     "PermanentError",
+    "PresetSpec",
     "Processor",
     "PullReceiver",
     "QueueSettings",

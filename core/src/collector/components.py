@@ -374,12 +374,35 @@ class Exporter(Component[ConfigT]):
 
 
 class Coordinator(Component[ConfigT]):
-    """Decides whether this replica leads the pull receivers."""
+    """Decides whether this replica leads the pull receivers, and hands their watermarks over.
+
+    The contract (docs/plugin-authors.md, "Coordinators"):
+
+    * ``is_leader()`` is cheap and synchronous; pull receivers ask it before
+      every window and again before committing one.  It must turn False
+      *before* another replica can become leader (fencing): a Lease-based
+      coordinator stops claiming leadership when its renew deadline passes,
+      which is shorter than the lease duration another replica waits out.
+    * ``load_watermark`` / ``save_watermark`` share each pull receiver's
+      watermark between replicas, so a new leader continues where the old one
+      stopped.  The default shares nothing (None: use the local state store).
+      The receiver also keeps its own copy and takes the later of the two, so
+      a failed save can only make a window be collected again (same ids,
+      de-duplicated downstream), never skipped.
+    """
 
     kind = "coordinator"
 
     def is_leader(self) -> bool:
         return True
+
+    async def load_watermark(self, receiver_id: str) -> float | None:
+        """The watermark the replicas share for ``receiver_id``; None when there is none."""
+        return None
+
+    async def save_watermark(self, receiver_id: str, end: float) -> None:
+        """Share ``receiver_id``'s new watermark; raise when it could not be stored."""
+        return None
 
 
 # -- shared exporter settings (the exporterhelper of this project) -------------

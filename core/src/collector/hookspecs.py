@@ -26,7 +26,7 @@ from typing import Any
 
 import pluggy
 
-from collector.specs import ComponentSpec, FunctionSpec
+from collector.specs import ComponentSpec, FunctionSpec, PresetSpec
 
 PROJECT = "collector"
 
@@ -154,5 +154,28 @@ def collector_functions() -> list[FunctionSpec]:
         @hookimpl
         def collector_functions():
             return [FunctionSpec("cents", cents, "Dollars to integer cents.")]
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def collector_presets() -> list[PresetSpec]:
+    """Declare presets: named configurations users start with ``collector run --preset NAME``.
+
+    A preset that uses the plugin's components belongs in the plugin, so that
+    it exists exactly when they do.  Built-in preset names win over a plugin's.
+
+    Example::
+
+        from collector.api import PresetSpec, hookimpl
+
+        TEXT = (
+            "{receivers: {http: {}}, exporters: {debug: {}}, "
+            "service: {pipelines: {events: {receivers: [http], exporters: [debug]}}}}"
+        )
+
+        @hookimpl
+        def collector_presets():
+            return [PresetSpec("http-debug", TEXT, "HTTP intake printed to stdout.")]
     """
     raise NotImplementedError

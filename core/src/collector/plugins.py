@@ -36,7 +36,7 @@ import pluggy
 
 from collector import hookspecs
 from collector.errors import ConfigError
-from collector.specs import KINDS, ComponentKind, ComponentSpec, FunctionSpec
+from collector.specs import KINDS, ComponentKind, ComponentSpec, FunctionSpec, PresetSpec
 
 log = logging.getLogger("collector.plugins")
 
@@ -65,6 +65,7 @@ class PluginInfo:
     error: str | None = None
     components: list[str] = field(default_factory=list)  # "receiver/http", ...
     functions: list[str] = field(default_factory=list)
+    presets: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -79,6 +80,7 @@ class PluginInfo:
             "error": self.error,
             "components": self.components,
             "functions": self.functions,
+            "presets": self.presets,
         }
 
 
@@ -117,6 +119,7 @@ class Registry:
         self.plugins = plugins
         self._components: dict[tuple[str, str], tuple[ComponentSpec, PluginInfo]] = {}
         self._functions: dict[str, tuple[FunctionSpec, PluginInfo]] = {}
+        self._presets: dict[str, tuple[PresetSpec, PluginInfo]] = {}
         self.conflicts: list[str] = []
 
     # -- collection (called once by load_registry) ---------------------------
@@ -151,6 +154,21 @@ class Registry:
                     continue
                 self._functions[fspec.name] = (fspec, info)
                 info.functions.append(fspec.name)
+        for impl in self._pm.hook.collector_presets.get_hookimpls():
+            info = by_name[impl.plugin_name]
+            for pspec in self._call(info, impl.function):
+                if not isinstance(pspec, PresetSpec):
+                    self._fail(info, f"collector_presets returned {pspec!r}, not a PresetSpec")
+                    continue
+                if pspec.name in self._presets:
+                    other = self._presets[pspec.name][1]
+                    self.conflicts.append(
+                        f"preset {pspec.name!r} is declared by both {other.label} and {info.label}; "
+                        "uninstall one of them"
+                    )
+                    continue
+                self._presets[pspec.name] = (pspec, info)
+                info.presets.append(pspec.name)
 
     def _call(self, info: PluginInfo, function: Any) -> list[Any]:
         try:
@@ -207,6 +225,10 @@ class Registry:
 
     def functions(self) -> dict[str, FunctionSpec]:
         return {name: spec for name, (spec, _) in sorted(self._functions.items())}
+
+    def presets(self) -> dict[str, PresetSpec]:
+        """Presets that plugins declare, by name."""
+        return {name: spec for name, (spec, _) in sorted(self._presets.items())}
 
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.status == "failed"]

@@ -20,7 +20,11 @@ The framework does the rest (docs/plugin-authors.md, "Pull receivers"):
   (``collector_pull_skipped_windows_total``) and logged, never silently lost;
 * a failed window is retried with full-jitter backoff, the same window, until
   it succeeds; the watermark never moves past a window that was not delivered;
-* only the leader (the service's coordinator; local by default) collects.
+* only the leader (the service's coordinator; local by default) collects; it
+  asks again after collecting and before committing, so a replica that lost
+  leadership meanwhile (fenced by its coordinator) commits nothing; a new
+  leader takes the watermark the coordinator shares (the later of it and the
+  local one) and goes on from there.
 
 Ids: use :meth:`PullReceiver.event_id` (a UUIDv5 over the source, the
 record's natural key and the window start), so a replay or a backfill sends
@@ -30,6 +34,7 @@ the same ids and OpenMeter de-duplicates them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +50,10 @@ from collector.errors import ConfigError
 from collector.events import format_time, stable_id
 
 WATERMARKS = "watermark"
+
+
+class NotLeader(Exception):
+    """Leadership was lost while a window was being collected: it is not committed here."""
 
 
 class ScheduleConfig(BaseModel):
@@ -234,13 +243,36 @@ class PullReceiver(Receiver[ConfigT]):
             self._store = StateStore(self.ctx.storage_dir / "state.sqlite")
         return self._store
 
+    def _coordinator(self) -> Any:
+        return getattr(self.ctx, "coordinator", None)
+
     async def load_watermark(self) -> float | None:
+        """The later of the local watermark and the one the coordinator shares between replicas."""
         value = await asyncio.to_thread(self._state().get, WATERMARKS, self.id)
-        return float(value) if value is not None else None
+        local = float(value) if value is not None else None
+        load = getattr(self._coordinator(), "load_watermark", None)  # None: no coordinator, or one that shares none
+        if load is None or not self.autorun:
+            return local
+        shared = await load(self.id)
+        candidates = [w for w in (local, shared) if w is not None]
+        return max(candidates) if candidates else None
 
     async def save_watermark(self, end: float) -> None:
         await asyncio.to_thread(self._state().put, WATERMARKS, self.id, end)
         self.watermark = end
+        coordinator = self._coordinator()
+        save = getattr(coordinator, "save_watermark", None)
+        if save is None or not self.autorun:
+            return
+        try:
+            await save(self.id, end)
+        except Exception as exc:
+            # The window is committed and the local watermark saved; a replica that takes over
+            # without this one collects the window again, with the same ids (de-duplicated).
+            self.log.warning(
+                "receiver %s: could not share the watermark %s with coordinator %s: %s",
+                self.id, format_time(datetime.fromtimestamp(end, UTC)), coordinator.id, exc,
+            )  # fmt: skip
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -266,7 +298,7 @@ class PullReceiver(Receiver[ConfigT]):
             self._store = None
 
     def is_leader(self) -> bool:
-        coordinator = getattr(self.ctx, "coordinator", None)
+        coordinator = self._coordinator()
         return True if coordinator is None else bool(coordinator.is_leader())
 
     def health(self) -> dict[str, Any]:
@@ -292,12 +324,26 @@ class PullReceiver(Receiver[ConfigT]):
 
     async def _run(self) -> None:
         clock = self.ctx.clock
+        led = True  # the watermark loaded at start is this replica's view
         while not self._stopping:
             if not self.is_leader():
                 self._m_leader.set(0)
+                led = False
                 await self._sleep(1.0)
                 continue
             self._m_leader.set(1)
+            # Another replica may have led (and moved the shared watermark) since this one last
+            # looked, whether or not this loop saw the hand-over: go on from the later watermark.
+            shared = await self.load_watermark()
+            if shared is not None and (self.watermark is None or shared > self.watermark):
+                self.watermark = shared
+                self.log.info(
+                    "receiver %s: continuing after %s, the watermark the replicas share",
+                    self.id, format_time(datetime.fromtimestamp(shared, UTC)),
+                )  # fmt: skip
+            elif not led:
+                self.log.info("receiver %s: leading now", self.id)
+            led = True
             windows, skipped = self.pending_windows(clock.time())
             if skipped:
                 self._m_skipped.inc(skipped)
@@ -325,21 +371,33 @@ class PullReceiver(Receiver[ConfigT]):
     async def _run_window_until_done(self, window: Window) -> None:
         attempt = 0
         self.current = window
-        while not self._stopping:
+        while not self._stopping and self.is_leader():
             try:
                 await self.run_window(window)
+            except NotLeader:
+                self.log.warning(
+                    "receiver %s: leadership lost while collecting window %s; nothing committed, the new "
+                    "leader collects it", self.id, window,
+                )  # fmt: skip
+                break
             except Exception as exc:
                 self._m_fail.inc()
                 delay = Backoff(self.retry_initial, self.retry_max).delay(attempt)
-                self.last_error = f"window {window}: {exc}"
-                self.log.error(
-                    "receiver %s: window %s failed (%s); retrying the same window in %.1fs",
+                error = f"window {window}: {exc}"
+                # One line per problem, not one per retry: the same failure again is logged at debug
+                # level (collector_pull_windows_total{outcome="failure"} still counts every attempt).
+                level = logging.DEBUG if error == self.last_error else logging.ERROR
+                self.last_error = error
+                self.log.log(
+                    level, "receiver %s: window %s failed (%s); retrying the same window in %.1fs",
                     self.id, window, exc, delay,
                 )  # fmt: skip
                 attempt += 1
                 await self._sleep(delay)
                 continue
             await self.save_watermark(window.end)
+            if attempt:
+                self.log.info("receiver %s: window %s collected after %d failed attempt(s)", self.id, window, attempt)
             self._m_ok.inc()
             self._m_last.set(time.time())
             self.last_error = None
@@ -351,6 +409,8 @@ class PullReceiver(Receiver[ConfigT]):
         t0 = time.monotonic()
         records = await self.collect(window)
         self._m_duration.observe(time.monotonic() - t0)
+        if not self.is_leader():
+            raise NotLeader(f"receiver {self.id} no longer leads; window {window} not committed")
         if records:
             await self.emit(records, Meta(window=window))
         return len(records)

@@ -95,6 +95,23 @@ class ComponentSpec(Generic[ConfigT]):
 
 
 @dataclass(frozen=True)
+class PresetSpec:
+    """A named, ready configuration a plugin ships (``collector run --preset NAME``).
+
+    ``text`` is YAML; ``${VAR}`` and ``${VAR:-default}`` are read from the
+    environment when it is loaded, like any configuration file.
+    """
+
+    name: str
+    text: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"invalid preset name {self.name!r}: use letters, digits, '-' or '_'")
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """A function that mapping expressions may call by ``name``."""
 

@@ -38,7 +38,7 @@ def registry_from_args(args: argparse.Namespace) -> Registry:
     return load_registry(PluginSelection.from_env(strict=strict_plugins(args)))
 
 
-def config_text(args: argparse.Namespace, env: Any = None) -> tuple[str, str]:
+def config_text(args: argparse.Namespace, env: Any = None, registry: Registry | None = None) -> tuple[str, str]:
     """(yaml text, description of where it came from).
 
     The one order every command follows (docs/configuration.md#environment-settings):
@@ -62,12 +62,15 @@ def config_text(args: argparse.Namespace, env: Any = None) -> tuple[str, str]:
 
             raise ConfigError(f"cannot read configuration: {exc.strerror}", str(config)) from None
     name = preset or "default"
+    plugin_presets = registry.presets() if registry is not None else {}
     try:
-        text = presets.load(name)
+        text = presets.load(name, plugin_presets=plugin_presets)
     except KeyError as exc:
         from collector.errors import ConfigError
 
         raise ConfigError(str(exc.args[0]), where) from None
+    if name in plugin_presets and name not in presets.names():
+        return text, f"preset {name} (from a plugin)"
     return text, f"preset {name} ({presets.preset_file(name)})"
 
 
@@ -95,7 +98,7 @@ def load(args: argparse.Namespace, registry: Registry) -> LoadedConfig:
     from collector.config import load_config
 
     env = settings()
-    text, source = config_text(args, env)
+    text, source = config_text(args, env, registry)
     loaded = load_config(text, registry, source=source, settings=env)
     problems = registry.check(strict=strict_plugins(args))
     if problems:

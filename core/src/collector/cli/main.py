@@ -179,7 +179,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     else:
         rows = [("NAME", "DISTRIBUTION", "VERSION", "STATUS", "COMPONENTS")]
         for p in registry.plugins:
-            comps = ", ".join(p.components + [f"function/{f}" for f in p.functions]) or "-"
+            listed = p.components + [f"function/{f}" for f in p.functions] + [f"preset/{n}" for n in p.presets]
+            comps = ", ".join(listed) or "-"
             rows.append((p.name, p.distribution, p.version, p.status, comps))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:

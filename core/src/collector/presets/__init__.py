@@ -9,7 +9,9 @@ set and to the debug exporter (stdout) otherwise.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from importlib import resources
+from typing import Any
 
 
 def names() -> list[str]:
@@ -27,10 +29,15 @@ def preset_file(name: str, environ: dict[str, str] | None = None) -> str:
     return f"{name}.yaml"
 
 
-def load(name: str, environ: dict[str, str] | None = None) -> str:
-    """The YAML text of preset ``name``; KeyError listing the presets when unknown."""
+def load(name: str, environ: dict[str, str] | None = None, plugin_presets: Mapping[str, Any] | None = None) -> str:
+    """The YAML text of preset ``name`` (built-in first, then ``plugin_presets``: PresetSpec by name);
+    KeyError listing the presets when unknown."""
     fname = preset_file(name, environ)
     path = resources.files(__name__).joinpath(fname)
-    if not path.is_file():
-        raise KeyError(f"unknown preset {name!r}; available presets: {', '.join(names())}")
-    return path.read_text(encoding="utf-8")
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    extra = plugin_presets or {}
+    if name in extra:
+        return str(extra[name].text)
+    available = sorted({*names(), *extra})
+    raise KeyError(f"unknown preset {name!r}; available presets: {', '.join(available)}")

@@ -76,8 +76,10 @@ class AdminServer:
         if service is None:
             return _json({"ready": False, "reasons": ["not started"]}, 503)
         health = service.health()
+        # With a coordinator, whether this replica leads its pull receivers (a standby is ready too).
+        leader = {"leader": health["leader"]} if "leader" in health else {}
         if health["ready"]:
-            return _json({"ready": True})
+            return _json({"ready": True, **leader})
         reasons = []
         if not service.started:
             reasons.append("service is not started")
@@ -88,12 +90,13 @@ class AdminServer:
             for cid, h in parts.items():
                 if not h.get("ready", False):
                     why = (
-                        h.get("paused_reason")
+                        h.get("reason")
+                        or h.get("paused_reason")
                         or h.get("stuck_reason")
                         or ("queue refusing data" if h.get("queue", {}).get("refusing") else h.get("state"))
                     )
-                    reasons.append(f"{kind[:-1]} {cid}: {why}")
-        return _json({"ready": False, "reasons": reasons}, 503)
+                    reasons.append(f"{kind.removesuffix('s')} {cid}: {why}")
+        return _json({"ready": False, "reasons": reasons, **leader}, 503)
 
     async def health(self, request: web.Request) -> web.Response:
         service = self.current()

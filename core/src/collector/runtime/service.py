@@ -316,6 +316,10 @@ class Service:
         processors = {f"{pipe}/{pid}": p.health() for (pipe, pid), p in self.processors.items()}
         exporters = {eid: r.health() for eid, r in self.exporters.items()}
         parts = [*receivers.values(), *processors.values(), *exporters.values()]
+        coordinator = {self.coordinator.id: self.coordinator.health()} if self.coordinator else {}
+        # A standby replica is ready (it is waiting to take over); a coordinator that cannot
+        # reach or may not use its lock (401/403) is not, so the problem shows in the pod status.
+        parts.extend(coordinator.values())
         storage = self.storage_watch.health()
         ready = self.started and storage["lost"] is None and all(p.get("ready", False) for p in parts)
         out: dict[str, Any] = {
@@ -328,5 +332,6 @@ class Service:
         if self.orphans:
             out["orphaned"] = {o.name: o.as_dict() for o in self.orphans}
         if self.coordinator:
-            out["components"]["coordinator"] = {self.coordinator.id: self.coordinator.health()}
+            out["components"]["coordinator"] = coordinator
+            out["leader"] = self.coordinator.is_leader()
         return out
