@@ -543,3 +543,21 @@ def test_deletion_noticed_as_absence_from_a_relist() -> None:
     node = CapacityUsage.from_object("node", obj("Node", status={"capacity": {"cpu": "4"}}), observed_at=T0)
     node.mark_deleted({}, at=T0 + 10)
     assert window(node, 0, 60) == 10.0 and node.capacity == {"cpu": 4.0}
+
+
+def test_runs_already_billed_are_forgotten_and_later_windows_keep_their_seconds():
+    usage = PodUsage.from_pod(
+        {
+            "metadata": {"uid": "u", "name": "p", "namespace": "n"},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c", "state": {
+                "running": {"startedAt": "2026-12-06T12:02:00Z"}},
+                "lastState": {"terminated": {"startedAt": "2026-12-06T12:00:00Z",
+                                             "finishedAt": "2026-12-06T12:00:30Z", "exitCode": 1}}}]},
+        }
+    )  # fmt: skip
+    t0 = 1_796_558_400.0  # 12:00:00
+    assert usage.seconds_in(t0, t0 + 60) == 30 and len(usage.runs) == 2
+    usage.forget_before(t0 + 60)  # the 12:00 window is billed
+    assert len(usage.runs) == 1 and usage.closed_runs == []
+    assert usage.seconds_in(t0 + 120, t0 + 180) == 60

@@ -338,6 +338,14 @@ class PodUsage:
             return -_INF
         return None
 
+    def forget_before(self, moment: float) -> None:
+        """Drop closed runs that ended at or before ``moment`` (the watermark: already billed), so a
+        long-lived pod that restarts often keeps only the runs of windows still to come."""
+        kept = [(start, end) for start, end in self.closed_runs if end > moment]
+        if len(kept) != len(self.closed_runs):
+            self.closed_runs = kept
+            self.runs = merge([*kept, *((start, None) for start in self.open_runs.values())])
+
     def _add_closed(self, closed: Iterable[tuple[float, float]]) -> None:
         runs: list[tuple[float, float]] = []
         for start, end in merge([*self.closed_runs, *closed]):

@@ -364,7 +364,7 @@ class LeaseCoordinator(Coordinator[LeaseConfig]):
         ]
 
     async def _shutdown(self) -> None:
-        self._loss_reason = "shutting down; releasing it"
+        self._loss_reason = "the collector is shutting down; releasing it"
         self._stopping = True  # no leadership claimed from here on, before the release below
         self._observe()
         self._wake.set()
@@ -568,7 +568,11 @@ class LeaseCoordinator(Coordinator[LeaseConfig]):
         if reason is None:
             failed = f": {self._problem}" if self._problem else " (no successful renewal)"
             reason = f"renew failed for {format_duration(self.config.renew_deadline)}{failed}"
-        self.log.warning("coordinator %s: lost %s: %s", self.id, where, reason)
+        if self._stopping:
+            # Giving the Lease up on shutdown is the normal way out, not a problem.
+            self.log.info("coordinator %s: stepping down from %s: %s", self.id, where, reason)
+        else:
+            self.log.warning("coordinator %s: lost %s: %s", self.id, where, reason)
         self._renewed_at = None
         self._loss_reason = None
 

@@ -242,6 +242,8 @@ class Tracker:
                 if ended is not None and ended <= watermark and (pod.deleted_at is not None or _final(pod.phase)):
                     del self.pods[uid]
                     gone += 1
+                else:
+                    pod.forget_before(watermark)
             for table in self.capacity.values():
                 for uid, obj in list(table.items()):
                     if obj.until is not None and obj.until <= watermark:
