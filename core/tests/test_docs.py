@@ -80,6 +80,7 @@ SAMPLE_ENV = {
     "OPENMETER_URL": "https://openmeter.example",
     "OPENMETER_TOKEN": "om_docs_test_token",
     "KONNECT_TOKEN": "kpat_docs_test_token",
+    "RUNAI_URL": "https://myorg.run.ai",
 }
 
 
@@ -528,6 +529,7 @@ COMPONENT_PAGES = {
     "debug-exporter.md": ("exporter", "debug"),
     "kubernetes-receiver.md": ("receiver", "kubernetes"),
     "kubernetes-lease-coordinator.md": ("coordinator", "kubernetes_lease"),
+    "runai-receiver.md": ("receiver", "runai"),
 }
 
 

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         otlp_args = ["--duration", str(args.duration), "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
         results["otlp"] = bench_otlp.main(otlp_args)
     results["kubernetes"] = kubernetes(args)
+    results["runai"] = runai(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["summary"] = summarise(results)
     return results
@@ -121,6 +122,23 @@ def kubernetes(args: argparse.Namespace) -> dict[str, Any]:
         return {"skipped": "bench_pods.py ran past 600 s"}
     if done.returncode != 0:
         return {"skipped": f"bench_pods.py failed ({done.returncode}): {done.stderr[-2000:]}"}
+    return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
+
+
+def runai(args: argparse.Namespace) -> dict[str, Any]:
+    """plugins/runai/tests/bench_runai.py in its own process (it starts the fake in another); its table is kept."""
+    script = Path(__file__).resolve().parents[2] / "plugins/runai/tests/bench_runai.py"
+    if not script.exists():
+        return {"skipped": f"{script} not found"}
+    print("runai ...", file=sys.stderr, flush=True)
+    out_json = args.json.parent / "runai.json"
+    cmd = [sys.executable, str(script), "--json", str(out_json), *(["--quick"] if args.quick else [])]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        return {"skipped": "bench_runai.py ran past 600 s"}
+    if done.returncode != 0:
+        return {"skipped": f"bench_runai.py failed ({done.returncode}): {done.stderr[-2000:]}"}
     return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
 
 
@@ -341,6 +359,8 @@ def main() -> int:
     print_details(results)
     k8s = results["kubernetes"]
     print("\n" + k8s["table"] if "table" in k8s else f"\nkubernetes: skipped: {k8s['skipped']}")
+    ra = results["runai"]
+    print("\n" + ra["table"] if "table" in ra else f"\nrunai: skipped: {ra['skipped']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults: {args.json}")

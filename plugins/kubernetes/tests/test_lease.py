@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import time
@@ -245,6 +246,40 @@ async def test_one_of_two_leads_and_a_partitioned_leader_stops_before_the_other_
             old_net.cut = False  # the network heals: the old leader becomes a healthy standby
             await eventually(lambda: old.health()["ready"] and old.health()["holder"] == new.identity, timeout=3)
             assert new.is_leader() and not old.is_leader()
+
+
+async def test_an_outage_that_begins_during_a_renewal_is_logged_once(fake, tmp_path, caplog):
+    # The partition above may land between a renewal's read and its write; here it always does, so that
+    # the outage is first met by the write (update) and then by every read after it: still one line.
+    caplog.set_level(logging.INFO, logger="collector.coordinator")
+    async with partitioned(fake) as net:
+        config = kubeconfig_via(fake, tmp_path / "kubeconfig", net.port)
+        async with coordinator(tmp_path, config, "replica-a") as a:
+            await eventually(a.is_leader, timeout=3)
+            call, cut_at_write = a._call, []
+
+            async def cutting_call(fn: Any, *args: Any) -> dict[str, Any]:
+                if getattr(fn, "__name__", "") == "replace_lease" and not cut_at_write:
+                    net.split()
+                    cut_at_write.append(True)
+                return await call(fn, *args)
+
+            a._call = cutting_call  # type: ignore[method-assign]
+            await eventually(lambda: cut_at_write, timeout=3)
+            lost = await eventually(
+                lambda: [m for r in caplog.records if "lost the Lease collector" in (m := r.getMessage())],
+                timeout=3,
+                message="the loss at the renew deadline",
+            )
+            assert not a.is_leader()
+            assert len(lost) == 1 and "read the Lease collector" in lost[0], lost  # the reads failed too, unlogged
+            messages = [r.getMessage() for r in caplog.records]
+            failures = [m for m in messages if "cannot reach the API server" in m and "retrying every 200ms" in m]
+            assert len(failures) == 1 and "update the Lease collector" in failures[0], failures
+            net.cut = False
+            await eventually(a.is_leader, timeout=3)
+            assert sum("is usable again" in r.getMessage() for r in caplog.records) == 1
+            assert a.health()["ready"]
 
 
 async def test_graceful_shutdown_releases_the_lease_and_the_standby_leads_at_once(fake, kubeconfig, tmp_path):

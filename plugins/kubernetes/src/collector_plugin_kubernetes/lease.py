@@ -598,8 +598,10 @@ class LeaseCoordinator(Coordinator[LeaseConfig]):
         self._problem, self._problem_key = problem, key
 
     def _api_failed(self, exc: BaseException, verb: str, *, configmap: bool = False) -> None:
-        # Keyed by what failed and the status, so that an outage whose socket errors vary logs once.
-        self._set_problem(self._describe(exc, verb, configmap=configmap), (verb, configmap, status_of(exc)))
+        # Keyed by the object and the status, not the socket error nor the verb: an outage that begins during
+        # a renewal's write and goes on failing its reads is one problem, logged once
+        # (docs/components/kubernetes-lease-coordinator.md, "Health, logs and metrics").
+        self._set_problem(self._describe(exc, verb, configmap=configmap), (configmap, status_of(exc)))
 
     def _describe(self, exc: BaseException, verb: str, *, configmap: bool = False) -> str:
         """One actionable line (client.describe), naming what RBAC must grant when the answer is 403."""

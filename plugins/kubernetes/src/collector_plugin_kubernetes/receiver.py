@@ -323,7 +323,6 @@ class KubernetesReceiver(PullReceiver[KubernetesReceiverConfig]):
             "pod": pod.name,
             "uid": pod.uid,
             "node": pod.node,
-            "phase": pod.phase,
             "seconds": seconds,
         }
         requests, limits = pod.requests, pod.limits
@@ -347,7 +346,11 @@ class KubernetesReceiver(PullReceiver[KubernetesReceiverConfig]):
             if samples:
                 data["cpu_usage_core_seconds_sampled"] = sum(s.cpu for s in samples) / len(samples) * seconds
                 data["memory_usage_byte_seconds_sampled"] = sum(s.memory for s in samples) / len(samples) * seconds
-        return self._record("pod", pod.namespace, pod.name, pod.uid, pod.labels, pod.annotations, data)
+        record = self._record("pod", pod.namespace, pod.name, pod.uid, pod.labels, pod.annotations, data)
+        # The phase is what it is now, not in the window: in the record for mappings, not in the default
+        # event, so a window collected again sends the same event.
+        record["phase"] = pod.phase
+        return record
 
     def _capacity_record(self, resource: str, obj: Any, seconds: float) -> dict[str, Any]:
         kind = obj.kind
