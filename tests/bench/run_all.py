@@ -5,9 +5,9 @@
 Prints a table (collector figure, baseline, ratio, target, met?) followed by
 the details, and writes everything as JSON (default
 ``/tmp/collector-bench/results.json``).  See tests/bench/README.md for what
-each number means and how it is measured.  Takes about two minutes; every
-load is bounded in count and time, every process binds 127.0.0.1 and is
-ended by its PID.
+each number means and how it is measured.  Takes about three minutes (the
+kubernetes and runai benchmarks included); every load is bounded in count and
+time, every process binds 127.0.0.1 and is ended by its PID.
 
 Ingest is measured in ``--rounds`` interleaved rounds (baseline, collector,
 baseline, collector...) and the median of each is kept, so a noisy
