@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from collector.config import load_config
 from collector.hookspecs import hookimpl
 from collector.pull import PullReceiver, ScheduleConfig, Window
-from collector.runtime.layout import StorageLayout, dir_name
+from collector.runtime.layout import StorageLayout, deadletters_in, dir_name
 from collector.specs import ComponentSpec
 from collector.state import StateStore
 from collector.testing import FakeClock, run_pipeline, testing_registry
@@ -141,3 +142,28 @@ async def test_backfill_runs_on_its_own_storage_beside_the_live_one(tmp_path):
     assert re.fullmatch(r"tick__a-\d{8}T\d{6}Z", backfill.name)
     assert StorageLayout(backfill).exporter_queue("memory").is_dir()
     assert [d.name for d in tmp_path.iterdir()] == ["backfill"], "nothing of the live storage is touched"
+
+
+async def test_a_receivers_dead_letters_land_in_its_directory_where_dlq_receiver_looks(tmp_path, capsys):
+    layout = StorageLayout(tmp_path)
+    async with run_pipeline(SERVICE_YAML, tmp_path) as p:
+        sink = p.service.receivers["scripted"].ctx.dead_letters
+        assert sink is not None
+        malformed = {"key": "usage/2026-12-06.jsonl", "line": 7, "error": "Expecting ',' delimiter", "raw": "{x"}
+        assert await asyncio.to_thread(sink.add, [malformed], "malformed") == 1
+    from collector.cli.dlq import run_dlq
+
+    registry = testing_registry()
+    loaded = load_config(SERVICE_YAML + f"storage: {{directory: {tmp_path}}}\n", registry, source="<test>")
+
+    def dlq(action: str, **extra: Any) -> int:
+        args = argparse.Namespace(dlq_command=action, receiver="scripted", processor=None, exporter=None,
+                                  ids=None, limit=50, json=True, **extra)  # fmt: skip
+        return run_dlq(args, loaded, registry)
+
+    assert dlq("list") == 0
+    listed = capsys.readouterr().out
+    assert "usage/2026-12-06.jsonl" in listed and "malformed" in listed
+    assert dlq("replay") == 2
+    assert "input it could not turn into events" in capsys.readouterr().err
+    assert deadletters_in(layout.receiver_dir("scripted")).is_file()

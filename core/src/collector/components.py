@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -143,6 +143,18 @@ class Acceptance:
         return frozenset(e.index for e in self.rejected)
 
 
+class DeadLetterSink(Protocol):
+    """Where a component sets aside what it can never deliver (``ctx.dead_letters``).
+
+    ``add`` blocks (SQLite): call it in a thread.  Entries are listed with
+    ``collector dlq list --receiver ID`` (docs/dead-letters.md).  A receiver
+    uses it for input it read but cannot turn into events (a malformed line of
+    a file), so the rest of its input is delivered and nothing is lost silently.
+    """
+
+    def add(self, events: Iterable[dict[str, Any]], reason: str) -> int: ...
+
+
 class Consumer(Protocol):
     """Where a receiver sends its batches (the pipeline fan-out)."""
 
@@ -168,6 +180,8 @@ class ComponentContext:
     functions: Mapping[str, Callable[..., Any]] | None = None
     clock: Clock = field(default_factory=SystemClock)
     coordinator: Any = None  # the service's Coordinator; None means local (always leader)
+    # The component's own dead-letter store (opened on first use); None where the host keeps none.
+    dead_letters: DeadLetterSink | None = None
 
     @property
     def component_id(self) -> ComponentID:

@@ -24,7 +24,7 @@ from typing import Any
 from collector.config import LoadedConfig
 from collector.plugins import Registry
 from collector.runtime.deadletters import DeadLetterStore
-from collector.runtime.layout import StorageLayout
+from collector.runtime.layout import StorageLayout, deadletters_in
 from collector.telemetry import REDACTOR
 
 CHUNK = 1000
@@ -63,6 +63,17 @@ def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tu
     return out
 
 
+def _receiver_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[str, DeadLetterStore]]:
+    """Dead letters of a receiver (input it read but could not turn into events)."""
+    rid = args.receiver
+    if ("receiver", rid) not in loaded.components:
+        have = ", ".join(cid for (k, cid) in loaded.components if k == "receiver") or "none"
+        print(f"error: no receiver {rid!r} in the configuration (have: {have})", file=sys.stderr)
+        raise SystemExit(2)
+    path = deadletters_in(StorageLayout(loaded.raw.storage.directory).receiver_dir(rid))
+    return [(rid, DeadLetterStore(path))] if path.exists() else []
+
+
 def _register_secrets(loaded: LoadedConfig) -> None:
     """Every secret of the configuration, for the masking of what ``list`` prints:
     SecretStr values, and what a component's ``secrets()`` adds (a ``token_file``'s
@@ -81,17 +92,18 @@ def run_dlq(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) 
     action = args.dlq_command
     code = 0
     _register_secrets(loaded)
-    if getattr(args, "processor", None):
+    component = getattr(args, "processor", None) or getattr(args, "receiver", None)
+    if component:
         if action == "replay":
             print(
-                "error: a processor's dead letters are the records it could not process; fix the processor "
-                "(try it with `collector map`), then send the records again",
+                f"error: {component}'s dead letters are input it could not turn into events; fix the input (or "
+                "the component's settings: try a mapping with `collector map`), then send it again",
                 file=sys.stderr,
             )
             return 2
-        stores = _processor_stores(args, loaded)
+        stores = _processor_stores(args, loaded) if args.processor else _receiver_stores(args, loaded)
         if not stores:
-            print(f"{args.processor}: no dead letters")
+            print(f"{component}: no dead letters")
         for label, store in stores:
             try:
                 if action == "list":

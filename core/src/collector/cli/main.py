@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         _config_args(a)
         a.add_argument("--exporter", help="exporter id (default: every exporter in the configuration)")
         a.add_argument("--processor", help="a processor's dead letters (on_error: dead_letter) instead")
+        a.add_argument("--receiver", help="a receiver's dead letters (input it could not read, e.g. malformed lines)")
         a.add_argument("--ids", type=lambda s: [int(x) for x in s.split(",") if x], help="comma-separated entry ids")
         if name == "list":
             a.add_argument("--limit", type=int, default=50, help="most entries to show (default 50)")

@@ -238,3 +238,22 @@ class DeadLetterStore:
         with self._lock:
             self._truncate_wal()
             self._db.close()
+
+
+class LazyDeadLetters:
+    """A component's dead-letter sink (``ctx.dead_letters``): the store at ``path``, opened only when something
+    is set aside and closed again after, since a receiver's dead letters are rare (a malformed line) and a
+    collector that never has any should not carry an open database for each receiver."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def add(self, events: Iterable[dict[str, Any]], reason: str) -> int:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            store = DeadLetterStore(self.path)
+            try:
+                return store.add(events, reason)
+            finally:
+                store.close()

@@ -28,8 +28,8 @@ from collector.components import (
 from collector.config import LoadedConfig
 from collector.errors import ConfigError
 from collector.mapping import registry_functions
-from collector.runtime.deadletters import DeadLetterStore
-from collector.runtime.layout import StorageLayout
+from collector.runtime.deadletters import DeadLetterStore, LazyDeadLetters
+from collector.runtime.layout import StorageLayout, deadletters_in
 from collector.runtime.orphans import ExporterContents, find_orphans
 from collector.runtime.pipeline import Pipeline, ReceiverFanout
 from collector.runtime.queue import BatchQueue
@@ -89,14 +89,16 @@ class Service:
 
     def context(self, kind: str, cid: str, *, pipeline: str | None = None) -> ComponentContext:
         """What a component's factory gets: its id, its directory in the layout, the shared services."""
+        storage_dir = self.layout.component_dir(kind, cid, pipeline)
         return ComponentContext(
             id=cid,
             kind=kind,
-            storage_dir=self.layout.component_dir(kind, cid, pipeline),
+            storage_dir=storage_dir,
             telemetry=self.telemetry,
             functions=self._functions,
             clock=self.clock,
             coordinator=self.coordinator,
+            dead_letters=LazyDeadLetters(deadletters_in(storage_dir)) if kind == "receiver" else None,
         )
 
     def _build(self, kind: str, cid: str, *, pipeline: str | None = None) -> Component[Any]:
