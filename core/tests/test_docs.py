@@ -530,6 +530,8 @@ COMPONENT_PAGES = {
     "kubernetes-receiver.md": ("receiver", "kubernetes"),
     "kubernetes-lease-coordinator.md": ("coordinator", "kubernetes_lease"),
     "runai-receiver.md": ("receiver", "runai"),
+    "s3-receiver.md": ("receiver", "s3"),
+    "s3-exporter.md": ("exporter", "s3"),
 }
 
 

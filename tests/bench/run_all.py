@@ -5,8 +5,8 @@
 Prints a table (collector figure, baseline, ratio, target, met?) followed by
 the details, and writes everything as JSON (default
 ``/tmp/collector-bench/results.json``).  See tests/bench/README.md for what
-each number means and how it is measured.  Takes about three minutes (the
-kubernetes and runai benchmarks included); every load is bounded in count and
+each number means and how it is measured.  Takes about four minutes (the
+kubernetes, runai and s3 benchmarks included); every load is bounded in count and
 time, every process binds 127.0.0.1 and is ended by its PID.
 
 Ingest is measured in ``--rounds`` interleaved rounds (baseline, collector,
@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["otlp"] = bench_otlp.main(otlp_args)
     results["kubernetes"] = kubernetes(args)
     results["runai"] = runai(args)
+    results["s3"] = s3(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["summary"] = summarise(results)
     return results
@@ -139,6 +140,23 @@ def runai(args: argparse.Namespace) -> dict[str, Any]:
         return {"skipped": "bench_runai.py ran past 600 s"}
     if done.returncode != 0:
         return {"skipped": f"bench_runai.py failed ({done.returncode}): {done.stderr[-2000:]}"}
+    return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
+
+
+def s3(args: argparse.Namespace) -> dict[str, Any]:
+    """plugins/s3/tests/bench_s3.py in its own process (it starts moto in another); its table is kept."""
+    script = Path(__file__).resolve().parents[2] / "plugins/s3/tests/bench_s3.py"
+    if not script.exists():
+        return {"skipped": f"{script} not found"}
+    print("s3 ...", file=sys.stderr, flush=True)
+    out_json = args.json.parent / "s3.json"
+    cmd = [sys.executable, str(script), "--json", str(out_json), *(["--quick"] if args.quick else [])]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        return {"skipped": "bench_s3.py ran past 600 s"}
+    if done.returncode != 0:
+        return {"skipped": f"bench_s3.py failed ({done.returncode}): {done.stderr[-2000:]}"}
     return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
 
 
@@ -361,6 +379,8 @@ def main() -> int:
     print("\n" + k8s["table"] if "table" in k8s else f"\nkubernetes: skipped: {k8s['skipped']}")
     ra = results["runai"]
     print("\n" + ra["table"] if "table" in ra else f"\nrunai: skipped: {ra['skipped']}")
+    s3_ = results["s3"]
+    print("\n" + s3_["table"] if "table" in s3_ else f"\ns3: skipped: {s3_['skipped']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults: {args.json}")
