@@ -47,11 +47,24 @@ def collector_command() -> list[str]:
     return [sys.executable, "-m", "collector.cli"]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that was free on 127.0.0.1 a moment ago, and not one this process handed out before.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first is closed, so two
+    calls for one collector (its receiver and its admin port) could collide; remembering what was
+    handed out prevents that within a test run.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port on 127.0.0.1 after 100 tries")
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
