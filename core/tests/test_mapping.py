@@ -398,3 +398,16 @@ service:
         "error: processors.mapping.expression: line 2, column 18: attributes starting with '_' are not allowed: "
         ".__class__"
     ]
+
+
+def test_to_event_fills_defaults_drops_and_names_failures():
+    from collector.mapping import compile_expression
+
+    keep = compile_expression('{"subject": this.who, "id": None}')
+    event = keep.to_event({"who": "acme"}, None, {"id": "x-1", "source": "s", "specversion": "1.0"})
+    assert event == {"subject": "acme", "id": "x-1", "source": "s", "specversion": "1.0"}
+    assert compile_expression("None").to_event({}, None, {"id": "x"}) is None
+    with pytest.raises(ValueError, match=r"^returned int, not an object or None \(expression: 1\)$"):
+        compile_expression("1").to_event({}, None, {})
+    with pytest.raises(ValueError, match=r"^failed: ZeroDivisionError: .*\(expression: 1 // this.n\)$"):
+        compile_expression("1 // this.n").to_event({"n": 0}, None, {})

@@ -544,6 +544,34 @@ class CompiledMapping:
         flat = " ".join(self.source.split())
         return flat if len(flat) <= width else flat[: width - 3] + "..."
 
+    def to_event(self, this: Any, meta: Any, defaults: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What a receiver's ``mapping`` setting makes of one record: None when the mapping drops it, else a
+        new event with ``defaults`` for the fields it left out or set to None (docs/plugin-api.md).
+
+        Raises :class:`MappingResultError` (a ValueError) when the mapping fails or returns something that
+        is not an object; its message ("failed: ...", "returned ...") ends with the expression, and the
+        receiver puts where it happened in front.
+        """
+        try:
+            result = self(this, meta)
+        except Exception as exc:
+            raise MappingResultError(f"failed: {type(exc).__name__}: {exc} (expression: {self.snippet()})") from None
+        if result is None:
+            return None
+        if not isinstance(result, dict):
+            raise MappingResultError(
+                f"returned {type(result).__name__}, not an object or None (expression: {self.snippet()})"
+            )
+        event = dict(result)
+        for key, default in defaults.items():
+            if event.get(key) is None:
+                event[key] = default
+        return event
+
+
+class MappingResultError(ValueError):
+    """A mapping failed on one record, or returned something that is not an object or None."""
+
 
 def compile_expression(
     source: str,

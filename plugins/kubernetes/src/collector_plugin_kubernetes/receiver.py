@@ -405,23 +405,12 @@ class KubernetesReceiver(PullReceiver[KubernetesReceiverConfig]):
                 return None
             return {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
                     "subject": record["subject"], "time": window.start_time, "data": record["data"]}  # fmt: skip
-        where = f"receiver {self.id}: mapping of {record['kind']} {_name(record)}"
+        defaults = {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
+                    "time": window.start_time}  # fmt: skip
         try:
-            mapped = self.mapping(record, meta)
-        except Exception as exc:
-            raise RetryableError(
-                f"{where} failed: {type(exc).__name__}: {exc} (expression: {self.mapping.snippet()})"
-            ) from None
-        if mapped is None:
-            return None
-        if not isinstance(mapped, dict):
-            raise RetryableError(f"{where} returned {type(mapped).__name__}, not an object or None")
-        event = dict(mapped)
-        for key, default in (("specversion", "1.0"), ("id", event_id), ("source", self.source),
-                             ("type", event_type), ("time", window.start_time)):  # fmt: skip
-            if event.get(key) is None:
-                event[key] = default
-        return event
+            return self.mapping.to_event(record, meta, defaults)
+        except ValueError as exc:
+            raise RetryableError(f"receiver {self.id}: mapping of {record['kind']} {_name(record)} {exc}") from None
 
 
 def _name(record: dict[str, Any]) -> str:

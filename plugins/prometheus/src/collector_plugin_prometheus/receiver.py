@@ -235,14 +235,12 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
                          "subject": subject, "time": time, "data": data}
                     )  # fmt: skip
                     continue
-                event = self._map(query, record, meta)
+                defaults = {"specversion": "1.0", "id": event_id, "source": self.source, "type": query.name,
+                            "time": time}  # fmt: skip
+                event = self._map(query, record, meta, defaults)
                 if event is None:
                     drop("mapped_to_none", series.labels)
                     continue
-                for name, default in (("specversion", "1.0"), ("id", event_id), ("source", self.source),
-                                      ("type", query.name), ("time", time)):  # fmt: skip
-                    if event.get(name) is None:
-                        event[name] = default
                 out.append(event)
         for reason, count in dropped.items():
             self._dropped.labels(receiver=self.id, query=query.name, reason=reason).inc(count)
@@ -255,20 +253,15 @@ class PrometheusReceiver(PullReceiver[PrometheusReceiverConfig]):
             )  # fmt: skip
         return out
 
-    def _map(self, query: QueryConfig, record: dict[str, Any], meta: Meta) -> dict[str, Any] | None:
+    def _map(
+        self, query: QueryConfig, record: dict[str, Any], meta: Meta, defaults: dict[str, Any]
+    ) -> dict[str, Any] | None:
         assert self.mapping is not None
-        where = f"receiver {self.id}: query {query.name!r}: mapping of series {_show(record['labels'])}"
         try:
-            event = self.mapping(record, meta)
-        except Exception as exc:
-            raise PrometheusQueryError(
-                f"{where} failed: {type(exc).__name__}: {exc} (expression: {self.mapping.snippet()})"
-            ) from None
-        if event is None:
-            return None
-        if not isinstance(event, dict):
-            raise PrometheusQueryError(f"{where} returned {type(event).__name__}, not an object or None")
-        return dict(event)
+            return self.mapping.to_event(record, meta, defaults)
+        except ValueError as exc:
+            where = f"receiver {self.id}: query {query.name!r}: mapping of series {_show(record['labels'])}"
+            raise PrometheusQueryError(f"{where} {exc}") from None
 
 
 def _unix(t: float) -> str:

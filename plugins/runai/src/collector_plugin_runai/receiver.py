@@ -263,23 +263,12 @@ class RunaiReceiver(PullReceiver[RunaiReceiverConfig]):
                 return None
             return {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
                     "subject": record["subject"], "time": window.start_time, "data": record["data"]}  # fmt: skip
+        defaults = {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
+                    "time": window.start_time}  # fmt: skip
         try:
-            mapped = self.mapping(record, meta)
-        except Exception as exc:
-            raise RetryableError(
-                f"receiver {self.id}: mapping of {record['kind']} {record['id']} failed: {type(exc).__name__}: "
-                f"{exc} (expression: {self.mapping.snippet()})"
-            ) from None
-        if mapped is None:
-            return None
-        if not isinstance(mapped, dict):
-            raise RetryableError(f"receiver {self.id}: the mapping returned {type(mapped).__name__}, not an object")
-        event = dict(mapped)
-        for key, default in (("specversion", "1.0"), ("id", event_id), ("source", self.source),
-                             ("type", event_type), ("time", window.start_time)):  # fmt: skip
-            if event.get(key) is None:
-                event[key] = default
-        return event
+            return self.mapping.to_event(record, meta, defaults)
+        except ValueError as exc:
+            raise RetryableError(f"receiver {self.id}: mapping of {record['kind']} {record['id']} {exc}") from None
 
 
 def _alive_in(obj: dict[str, Any], window: Window) -> bool:

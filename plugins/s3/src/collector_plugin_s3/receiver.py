@@ -425,17 +425,12 @@ class S3Receiver(Receiver[S3ReceiverConfig]):
                        "last_modified": _time(obj.last_modified), "etag": obj.etag},
             )  # fmt: skip
             try:
-                mapped = self.mapping(value, meta)
-            except Exception as exc:
-                raise ValueError(f"mapping failed: {type(exc).__name__}: {exc}") from None
+                mapped = self.mapping.to_event(value, meta, {"specversion": "1.0", "source": self.config.source})
+            except ValueError as exc:
+                raise ValueError(f"mapping {exc}") from None
             if mapped is None:
                 return None
-            if not isinstance(mapped, dict):
-                raise ValueError(f"mapping returned {type(mapped).__name__}, not an object or None")
-            event = dict(mapped)
-            for key, default in (("specversion", "1.0"), ("source", self.config.source)):
-                if event.get(key) is None:
-                    event[key] = default
+            event = mapped
         if event.get("id") is None:
             event["id"] = default_id
         if event.get("time") is None:
