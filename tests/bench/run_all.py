@@ -101,62 +101,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("otlp ...", file=sys.stderr, flush=True)
         otlp_args = ["--duration", str(args.duration), "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
         results["otlp"] = bench_otlp.main(otlp_args)
-    results["kubernetes"] = kubernetes(args)
-    results["runai"] = runai(args)
-    results["s3"] = s3(args)
+    for name in PLUGIN_BENCHES:
+        results[name] = plugin_bench(name, args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["summary"] = summarise(results)
     return results
 
 
-def kubernetes(args: argparse.Namespace) -> dict[str, Any]:
-    """plugins/kubernetes/tests/bench_pods.py in its own process (it starts two more); its table is kept."""
-    script = Path(__file__).resolve().parents[2] / "plugins/kubernetes/tests/bench_pods.py"
+#: The plugins' benchmarks: name -> (script, the arguments of its quick run). Each runs in its own process
+#: (it starts its fake server or moto in yet another), and its table is kept.
+PLUGIN_BENCHES = {
+    "kubernetes": ("plugins/kubernetes/tests/bench_pods.py", ["--pods", "2000"]),
+    "runai": ("plugins/runai/tests/bench_runai.py", ["--quick"]),
+    "s3": ("plugins/s3/tests/bench_s3.py", ["--quick"]),
+}
+
+
+def plugin_bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the plugin benchmark ``name`` (PLUGIN_BENCHES); its JSON and printed table, or why it was skipped."""
+    relative, quick = PLUGIN_BENCHES[name]
+    script = Path(__file__).resolve().parents[2] / relative
     if not script.exists():
         return {"skipped": f"{script} not found"}
-    print("kubernetes ...", file=sys.stderr, flush=True)
-    out_json = args.json.parent / "kubernetes.json"
-    cmd = [sys.executable, str(script), "--json", str(out_json), *(["--pods", "2000"] if args.quick else [])]
+    print(f"{name} ...", file=sys.stderr, flush=True)
+    out_json = args.json.parent / f"{name}.json"
+    cmd = [sys.executable, str(script), "--json", str(out_json), *(quick if args.quick else [])]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     except subprocess.TimeoutExpired:
-        return {"skipped": "bench_pods.py ran past 600 s"}
+        return {"skipped": f"{script.name} ran past 600 s"}
     if done.returncode != 0:
-        return {"skipped": f"bench_pods.py failed ({done.returncode}): {done.stderr[-2000:]}"}
-    return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
-
-
-def runai(args: argparse.Namespace) -> dict[str, Any]:
-    """plugins/runai/tests/bench_runai.py in its own process (it starts the fake in another); its table is kept."""
-    script = Path(__file__).resolve().parents[2] / "plugins/runai/tests/bench_runai.py"
-    if not script.exists():
-        return {"skipped": f"{script} not found"}
-    print("runai ...", file=sys.stderr, flush=True)
-    out_json = args.json.parent / "runai.json"
-    cmd = [sys.executable, str(script), "--json", str(out_json), *(["--quick"] if args.quick else [])]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    except subprocess.TimeoutExpired:
-        return {"skipped": "bench_runai.py ran past 600 s"}
-    if done.returncode != 0:
-        return {"skipped": f"bench_runai.py failed ({done.returncode}): {done.stderr[-2000:]}"}
-    return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
-
-
-def s3(args: argparse.Namespace) -> dict[str, Any]:
-    """plugins/s3/tests/bench_s3.py in its own process (it starts moto in another); its table is kept."""
-    script = Path(__file__).resolve().parents[2] / "plugins/s3/tests/bench_s3.py"
-    if not script.exists():
-        return {"skipped": f"{script} not found"}
-    print("s3 ...", file=sys.stderr, flush=True)
-    out_json = args.json.parent / "s3.json"
-    cmd = [sys.executable, str(script), "--json", str(out_json), *(["--quick"] if args.quick else [])]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    except subprocess.TimeoutExpired:
-        return {"skipped": "bench_s3.py ran past 600 s"}
-    if done.returncode != 0:
-        return {"skipped": f"bench_s3.py failed ({done.returncode}): {done.stderr[-2000:]}"}
+        return {"skipped": f"{script.name} failed ({done.returncode}): {done.stderr[-2000:]}"}
     return {"table": done.stdout, **json.loads(out_json.read_text(encoding="utf-8"))}
 
 
@@ -375,12 +350,9 @@ def main() -> int:
     results = run(args)
     print_table(results)
     print_details(results)
-    k8s = results["kubernetes"]
-    print("\n" + k8s["table"] if "table" in k8s else f"\nkubernetes: skipped: {k8s['skipped']}")
-    ra = results["runai"]
-    print("\n" + ra["table"] if "table" in ra else f"\nrunai: skipped: {ra['skipped']}")
-    s3_ = results["s3"]
-    print("\n" + s3_["table"] if "table" in s3_ else f"\ns3: skipped: {s3_['skipped']}")
+    for name in PLUGIN_BENCHES:
+        found = results[name]
+        print("\n" + found["table"] if "table" in found else f"\n{name}: skipped: {found['skipped']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults: {args.json}")

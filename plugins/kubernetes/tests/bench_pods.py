@@ -44,10 +44,17 @@ import tempfile
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from k8sobjects import container, pod, rfc3339, running, terminated
+
+_BENCH = Path(__file__).resolve().parents[3] / "tests" / "bench"  # the shared summary table
+if str(_BENCH) not in sys.path:
+    sys.path.insert(0, str(_BENCH))
+
+from ratio_table import print_summary, row  # noqa: E402
 
 T0 = 1_796_558_400.0  # 2026-12-06T12:00:00Z, a window boundary
 WINDOW = 60.0
@@ -455,7 +462,7 @@ def collector(args: argparse.Namespace, server: subprocess.Popen[str], work: Pat
     updates_done = threading.Event()
     seen = {"events": 0, "first": 0.0, "last": 0.0}
 
-    def on_replace(items: list[dict[str, Any]], at: float) -> None:
+    def on_replace(items: Iterable[dict[str, Any]], at: float) -> None:
         rec.tracker.replace("pods/*", PODS, items, at)
         listed.set()
 
@@ -661,61 +668,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _row(name: str, collector: float, baseline: float | None, baseline_name: str) -> dict[str, Any]:
-    ratio = collector / baseline if baseline else None
-    return {"name": name, "collector": collector, "baseline": baseline, "baseline_name": baseline_name, "ratio": ratio}
-
-
 def summarise(info: dict[str, Any], base: dict[str, Any], col: dict[str, Any]) -> list[dict[str, Any]]:
     decode = "client decodes the list, pods/s"
     return [
-        _row("first list into the tracker (pods/s)", col["pods_per_s"], base["pods_per_s"], decode),
-        _row(
+        row("first list into the tracker (pods/s)", col["pods_per_s"], base["pods_per_s"], decode),
+        row(
             f"{col['windows']} windows of 60 s collected (events/s)",
             col["events_per_s"],
             base["pods_per_s"],
             decode + " (a list per tick)",
         ),
-        _row("watch updates applied (events/CPU-s)", col["watch_events_per_cpu_s"], base["pods_per_s"], decode),
-        _row(
+        row("watch updates applied (events/CPU-s)", col["watch_events_per_cpu_s"], base["pods_per_s"], decode),
+        row(
             "memory kept per pod (bytes)",
             col["tracker_bytes_per_pod"],
             base["model_bytes_per_pod"],
             "client models per pod",
         ),
-        _row("  (raw pod JSON, bytes)", info["raw_bytes_per_pod"], None, ""),
-        _row(
+        row("  (raw pod JSON, bytes)", info["raw_bytes_per_pod"], None, ""),
+        row(
             f"RSS growth holding {col['pods']:,} pods (MiB)",
             col["rss_growth_mib"],
             base["rss_growth_mib"],
             "RSS growth holding the models",
         ),
-        _row("peak RSS (MiB)", col["peak_rss_mib"], base["peak_rss_mib"], "client process peak"),
+        row("peak RSS (MiB)", col["peak_rss_mib"], base["peak_rss_mib"], "client process peak"),
     ]
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
-
-
 def print_table(r: dict[str, Any]) -> None:
-    rows = [("kubernetes receiver", "collector", "baseline", "(baseline is)", "ratio")]
-    for s in r["summary"]:
-        ratio = "-" if s["ratio"] is None else f"{s['ratio']:.2f}x"
-        rows.append((s["name"], _fmt(s["collector"]), _fmt(s["baseline"]), s["baseline_name"], ratio))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    line = "  ".join("-" * w for w in widths)
-    print(line)
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) if i in (1, 2, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells))
-        if n == 0:
-            print(line)
-    print(line)
+    print_summary("kubernetes receiver", r["summary"])
     c, b = r["collector"], r["baseline"]
     print(
         f"{c['pods']:,} pods in {NAMESPACES} namespaces, {r['raw_bytes_per_pod']:,.0f} bytes of JSON each.\n"

@@ -49,6 +49,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+_BENCH = Path(__file__).resolve().parents[3] / "tests" / "bench"  # the shared summary table
+if str(_BENCH) not in sys.path:
+    sys.path.insert(0, str(_BENCH))
+
+from ratio_table import print_summary, row  # noqa: E402
+
 WINDOW = 60.0
 RESOLUTION = 15.0  # the receiver's default: 4 samples per 60 s window
 SAMPLES = math.ceil(WINDOW / RESOLUTION)
@@ -454,55 +460,30 @@ def _keep(results: dict[str, Any], name: str, figures: dict[str, Any]) -> None:
     results[name]["rounds_wall_s"] = walls
 
 
-def _row(name: str, collector: float, baseline: float | None, baseline_name: str) -> dict[str, Any]:
-    ratio = collector / baseline if baseline else None
-    return {"name": name, "collector": collector, "baseline": baseline, "baseline_name": baseline_name, "ratio": ratio}
-
-
 def summarise(r: dict[str, Any], reference_calls: int) -> list[dict[str, Any]]:
     b, c8, c32, flat = r["baseline"], r["collector_c8"], r["collector_c32"], r["collector_c32_noskip"]
     seq = "sequential calls"
     return [
-        _row("workloads/s, max_concurrency 8", c8["workloads_per_s"], b["workloads_per_s"], seq),
-        _row("workloads/s, max_concurrency 32", c32["workloads_per_s"], b["workloads_per_s"], seq),
-        _row("  (32, not-alive workloads not skipped)", flat["workloads_per_s"], b["workloads_per_s"], seq),
-        _row("requests per window", c32["requests"], b["requests"], seq + " (token + pages + N x ceil(M/9))"),
-        _row("  (not-alive workloads not skipped)", flat["requests"], b["requests"], seq),
-        _row("  (metrics calls, N x ceil(M/9))", float(reference_calls), None, ""),
-        _row("events out / workloads with data", c32["events"], b["with_data"], "workloads with samples"),
-        _row(
+        row("workloads/s, max_concurrency 8", c8["workloads_per_s"], b["workloads_per_s"], seq),
+        row("workloads/s, max_concurrency 32", c32["workloads_per_s"], b["workloads_per_s"], seq),
+        row("  (32, not-alive workloads not skipped)", flat["workloads_per_s"], b["workloads_per_s"], seq),
+        row("requests per window", c32["requests"], b["requests"], seq + " (token + pages + N x ceil(M/9))"),
+        row("  (not-alive workloads not skipped)", flat["requests"], b["requests"], seq),
+        row("  (metrics calls, N x ceil(M/9))", float(reference_calls), None, ""),
+        row("events out / workloads with data", c32["events"], b["with_data"], "workloads with samples"),
+        row(
             "client CPU per workload (ms)",
             c32["client_cpu_ms_per_workload"],
             b["client_cpu_ms_per_workload"],
             "sequential client (no events)",
         ),
-        _row("fake busy (% of one core)", c32["fake_busy_pct"], b["fake_busy_pct"], seq),
-        _row("fake requests per CPU-second", c32["fake_requests_per_cpu_s"], b["fake_requests_per_cpu_s"], seq),
+        row("fake busy (% of one core)", c32["fake_busy_pct"], b["fake_busy_pct"], seq),
+        row("fake requests per CPU-second", c32["fake_requests_per_cpu_s"], b["fake_requests_per_cpu_s"], seq),
     ]
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
-
-
 def print_table(r: dict[str, Any]) -> None:
-    rows = [("runai receiver", "collector", "baseline", "(baseline is)", "ratio")]
-    for s in r["summary"]:
-        ratio = "-" if s["ratio"] is None else f"{s['ratio']:.2f}x"
-        rows.append((s["name"], _fmt(s["collector"]), _fmt(s["baseline"]), s["baseline_name"], ratio))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    line = "  ".join("-" * w for w in widths)
-    print(line)
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) if i in (1, 2, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells))
-        if n == 0:
-            print(line)
-    print(line)
+    print_summary("runai receiver", r["summary"])
     s, k = r["settings"], r["workload_kinds"]
     print(
         f"{s['workloads']:,} workloads ({k['alive']:,} alive in the window, {k['late']:,} created after it, "

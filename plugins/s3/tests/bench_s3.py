@@ -44,6 +44,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+_BENCH = Path(__file__).resolve().parents[3] / "tests" / "bench"  # the shared summary table
+if str(_BENCH) not in sys.path:
+    sys.path.insert(0, str(_BENCH))
+
+from ratio_table import print_summary, row  # noqa: E402
+
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
@@ -343,48 +349,21 @@ def _keep(results: dict[str, Any], name: str, figures: dict[str, Any]) -> None:
     results[name]["rounds_wall_s"] = walls
 
 
-def _row(name: str, collector: float, baseline: float | None, baseline_name: str) -> dict[str, Any]:
-    ratio = collector / baseline if baseline else None
-    return {"name": name, "collector": collector, "baseline": baseline, "baseline_name": baseline_name, "ratio": ratio}
-
-
 def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
     bj, bg = r["baseline_jsonl"], r["baseline_gzip"]
     mem, dur, gz = r["collector_jsonl_memory"], r["collector_jsonl_durable"], r["collector_gzip_durable"]
     b3 = "boto3 get+read+json.loads"
     return [
-        _row("JSON lines, memory queue (records/s)", mem["records_per_s"], bj["records_per_s"], b3),
-        _row("JSON lines, durable queue (records/s)", dur["records_per_s"], bj["records_per_s"], b3),
-        _row("JSON lines.gz, durable queue (records/s)", gz["records_per_s"], bg["records_per_s"], b3 + " + gunzip"),
-        _row(
-            "client CPU per record (us), durable", dur["client_cpu_us_per_record"], bj["client_cpu_us_per_record"], b3
-        ),
-        _row("moto busy (% of one core), durable", dur["moto_busy_pct"], bj["moto_busy_pct"], b3),
+        row("JSON lines, memory queue (records/s)", mem["records_per_s"], bj["records_per_s"], b3),
+        row("JSON lines, durable queue (records/s)", dur["records_per_s"], bj["records_per_s"], b3),
+        row("JSON lines.gz, durable queue (records/s)", gz["records_per_s"], bg["records_per_s"], b3 + " + gunzip"),
+        row("client CPU per record (us), durable", dur["client_cpu_us_per_record"], bj["client_cpu_us_per_record"], b3),
+        row("moto busy (% of one core), durable", dur["moto_busy_pct"], bj["moto_busy_pct"], b3),
     ]
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
-
-
 def print_table(r: dict[str, Any]) -> None:
-    rows = [("s3 receiver", "collector", "baseline", "(baseline is)", "ratio")]
-    for s in r["summary"]:
-        ratio = "-" if s["ratio"] is None else f"{s['ratio']:.2f}x"
-        rows.append((s["name"], _fmt(s["collector"]), _fmt(s["baseline"]), s["baseline_name"], ratio))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    line = "  ".join("-" * w for w in widths)
-    print(line)
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) if i in (1, 2, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells))
-        if n == 0:
-            print(line)
-    print(line)
+    print_summary("s3 receiver", r["summary"])
     s = r["settings"]
     print(
         f"{s['objects']:,} objects x {s['records_per_object']:,} records ({s['plain_bytes'] / 2**20:.1f} MiB plain, "
