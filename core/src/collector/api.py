@@ -25,7 +25,7 @@ import typing
 
 from collector.auth import AuthConfig, BearerAuth
 from collector.backoff import Backoff
-from collector.clock import Clock, FakeClock, SystemClock, utcnow
+from collector.clock import Clock, FakeClock, SystemClock, sleep_until_woken, utcnow
 from collector.components import (
     Acceptance,
     Batch,
@@ -188,6 +188,7 @@ __all__ = [
     "parse_duration",
     "parse_endpoint",
     "parse_size",
+    "sleep_until_woken",
     "stable_id",
     "start_http_server",
     "utcnow",

@@ -22,6 +22,29 @@ def utcnow(clock: Clock | None = None) -> datetime:
     return datetime.fromtimestamp((clock or SystemClock()).time(), UTC)
 
 
+async def sleep_until_woken(clock: Clock, seconds: float, wake: asyncio.Event) -> None:
+    """Sleep ``seconds`` on ``clock``, or less if ``wake`` is set first (a component's loop that must stop
+    at once on shutdown, or poll early on request).
+
+    The deadline is fixed now, not when the sleeper task first runs: a clock that moves in between (a
+    FakeClock advanced by a test) must not push the wake-up later.
+    """
+    if seconds <= 0:
+        await asyncio.sleep(0)
+        return
+    deadline = clock.monotonic() + seconds
+
+    async def until_deadline() -> None:
+        while (left := deadline - clock.monotonic()) > 0:
+            await clock.sleep(left)
+
+    sleeper = asyncio.ensure_future(until_deadline())
+    waker = asyncio.ensure_future(wake.wait())
+    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    sleeper.cancel()
+    waker.cancel()
+
+
 class SystemClock:
     def time(self) -> float:
         return time.time()

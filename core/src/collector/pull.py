@@ -44,6 +44,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collector.backoff import Backoff
+from collector.clock import sleep_until_woken
 from collector.components import ConfigT, Meta, Receiver
 from collector.durations import Duration, format_duration
 from collector.errors import ConfigError
@@ -416,19 +417,4 @@ class PullReceiver(Receiver[ConfigT]):
         return len(records)
 
     async def _sleep(self, seconds: float) -> None:
-        if self._stopping or seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        # The deadline is fixed now, not when the sleeper task first runs: a clock that
-        # moves in between (a FakeClock advanced by a test) must not push the wake-up later.
-        deadline = self.ctx.clock.monotonic() + seconds
-        sleeper = asyncio.ensure_future(self._sleep_until(deadline))
-        waker = asyncio.ensure_future(self._wake.wait())
-        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        sleeper.cancel()
-        waker.cancel()
-
-    async def _sleep_until(self, deadline: float) -> None:
-        clock = self.ctx.clock
-        while (left := deadline - clock.monotonic()) > 0:
-            await clock.sleep(left)
+        await sleep_until_woken(self.ctx.clock, 0.0 if self._stopping else seconds, self._wake)

@@ -38,6 +38,7 @@ from collector.api import (
     StateStore,
     compile_expression,
     format_time,
+    sleep_until_woken,
     stable_id,
 )
 from collector_plugin_s3.config import S3ReceiverConfig
@@ -147,19 +148,8 @@ class S3Receiver(Receiver[S3ReceiverConfig]):
         return out
 
     async def _sleep(self, seconds: float) -> None:
-        if self._stopping:
-            return
-        deadline = self.ctx.clock.monotonic() + seconds
-        sleeper = asyncio.ensure_future(self._sleep_until(deadline))
-        waker = asyncio.ensure_future(self._wake.wait())
-        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        sleeper.cancel()
-        waker.cancel()
-
-    async def _sleep_until(self, deadline: float) -> None:
-        clock = self.ctx.clock
-        while (left := deadline - clock.monotonic()) > 0:
-            await clock.sleep(left)
+        if not self._stopping:
+            await sleep_until_woken(self.ctx.clock, seconds, self._wake)
 
     def _is_leader(self) -> bool:
         coordinator = self.ctx.coordinator
