@@ -14,6 +14,7 @@ $(STAMP): core/pyproject.toml requirements-dev.txt $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -r requirements-dev.txt -e core $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(BIN)/python tools/install_helm.py  # helm + kubectl into .venv/bin (tests/deploy/test_helm.py)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,6 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check core plugins tests
 	$(BIN)/mypy core/src $(wildcard plugins/*/src)
 	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/hadolint contrib/docker/Dockerfile  # the container image (contrib/docker/README.md)
 
 format: $(STAMP)
 	$(BIN)/ruff format core plugins tests
