@@ -277,7 +277,7 @@ def test_map_compile_error_has_its_location(cli):
 
 
 def test_map_runs_a_configured_pipeline_and_validates(cli):
-    example = Path(__file__).resolve().parents[2] / "config-examples" / "access-log.yaml"
+    example = Path(__file__).resolve().parents[2] / "core" / "src" / "collector" / "examples" / "access-log.yaml"
     good = '{"timestamp":"2026-01-01T12:00:00Z","method":"GET","path":"/a","user":"c1","duration":3}'
     out = cli("map", "-c", str(example), input=good, env={"OPENMETER_TOKEN": "x"})
     assert out.returncode == 0, out.stderr

@@ -2,7 +2,7 @@
 
 * ``docs/reference/`` is exactly what ``python tools/docgen.py docs/reference``
   generates from the config models;
-* every file in ``config-examples/`` passes ``collector validate``;
+* every file in ``core/src/collector/examples/`` (``collector examples``) passes ``collector validate``;
 * every YAML block in ``docs/`` is a valid configuration (or fragment of one),
   or a verbatim copy of the config example it names;
 * every Python block runs, and the ``test_*`` functions it defines pass; the
@@ -14,7 +14,7 @@
 
 Markers (an HTML comment on the line right before a fenced block):
 
-* ``<!-- include: config-examples/x.yaml -->``: the block equals that file;
+* ``<!-- include: core/src/collector/examples/x.yaml -->``: the block equals that file;
 * ``<!-- no-validate: reason -->``: a YAML block that is only parsed;
 * ``<!-- hookspec-example: collector_receivers -->``: the block equals that hookspec's example;
 * ``<!-- template-file: path -->``: the block equals that file of the template rendered for ``scale``
@@ -71,7 +71,7 @@ def _load_docgen() -> types.ModuleType:
 docgen = _load_docgen()
 DOCS = ROOT / "docs"
 REFERENCE = DOCS / "reference"
-EXAMPLES = ROOT / "config-examples"
+EXAMPLES = ROOT / "core" / "src" / "collector" / "examples"
 TEMPLATE = ROOT / "contrib" / "plugin-template"
 REGENERATE = f"cd {ROOT} && .venv/bin/python tools/docgen.py docs/reference"
 
@@ -255,8 +255,8 @@ def test_docgen_renders_types_defaults_constraints_and_nested_models():
 
 
 def example_env(text: str) -> dict[str, str]:
-    """The variables a file uses without a default, with sample values."""
-    needed = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+    """The variables a file uses without a default (``${VAR}``, ``${VAR:?message}``), with sample values."""
+    needed = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::\?[^}]*)?\}", text))
     return {name: SAMPLE_ENV.get(name, f"sample-{name.lower()}") for name in needed}
 
 
@@ -300,7 +300,7 @@ def test_config_example_passes_collector_validate(example: Path):
 @pytest.mark.parametrize("example", EXAMPLE_FILES, ids=lambda p: p.name)
 def test_config_example_is_listed_in_the_configuration_guide(example: Path):
     guide = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    assert f"config-examples/{example.name}" in guide, f"add {example.name} to the examples table of configuration.md"
+    assert f"collector/examples/{example.name}" in guide, f"add {example.name} to configuration.md#examples"
 
 
 # -- YAML blocks ---------------------------------------------------------------------------

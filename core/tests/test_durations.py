@@ -235,7 +235,7 @@ def test_schema_of_a_model_keeps_its_constraints_in_json_schema_terms() -> None:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "config-examples").glob("*.yaml")) + sorted(
+SHIPPED = sorted((ROOT / "core" / "src" / "collector" / "examples").glob("*.yaml")) + sorted(
     (ROOT / "core/src/collector/presets").glob("*.yaml")
 )
 

@@ -40,6 +40,7 @@ from harness import (
     machine_cpu_seconds,
     rss_mib,
     run_loadgen,
+    tree_cpu_seconds,
 )
 from harness import wait_port as _wait_port
 from loadgen import event_template
@@ -86,7 +87,7 @@ def _load(
     """
     helpers0 = sum(cpu_seconds(p) for p in helper_pids)
     busy0, _ = machine_cpu_seconds()
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
     result = run_loadgen(
         url,
         timeout=warmup + duration + 60,
@@ -94,9 +95,10 @@ def _load(
         events_per_request=events,
         warmup=warmup,
         duration=duration,
+        cpu_pid=pid,
     )
     elapsed = time.monotonic() - t0
-    server_cpu = cpu_seconds(pid) - cpu0
+    server_cpu = tree_cpu_seconds(pid) - cpu0
     helpers_cpu = sum(cpu_seconds(p) for p in helper_pids) - helpers0
     others = machine_cpu_seconds()[0] - busy0 - server_cpu - helpers_cpu - result["loadgen_cpu_s"]
     result["server_cpu_pct"] = round(server_cpu / elapsed * 100, 1)
@@ -153,11 +155,16 @@ def collector_ingest(
     env: dict[str, str] | None = None,
     exe: list[str] | None = None,
     name: str = "collector",
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """One collector (with its sink), loaded with each batch size in turn."""
+    """One collector (with its sink), loaded with each batch size in turn.
+
+    ``workers``: written as ``service.workers`` into its config; its CPU is
+    then the sum over the collector's process tree.
+    """
     sink = SinkProc(procs)
     sink.start()
-    collector = Collector(procs, workdir, sink.port, name=name)
+    collector = Collector(procs, workdir, sink.port, name=name, workers=workers)
     collector.start(env=env, exe=exe)
     out: dict[str, Any] = {}
     try:
@@ -181,26 +188,53 @@ def collector_ingest(
     return out
 
 
+def print_rounds(rounds: list[dict[str, Any]]) -> None:
+    """One line per load: events/s and the server's CPU microseconds per request and per acknowledged event."""
+    print(f"{'round':>5}  {'load':<28} {'events/s':>10} {'CPU us/req':>10} {'CPU us/event':>12} {'others %':>8}")
+    for i, one in enumerate(rounds, 1):
+        if "sqlite" in one:
+            print(f"{i:>5}  {'sqlite 100 rows/commit FULL':<28} {one['sqlite']['rows_per_s']:>10,.0f}")
+        loads: list[tuple[str, Any]] = [(k, one[k]) for k in ("aiohttp_1", "aiohttp_100") if k in one]
+        loads += [(f"collector {k}", v) for k, v in one.get("collector", {}).items() if k.startswith("events_")]
+        for label, x in loads:
+            per_req, per_event = x.get("server_cpu_us_per_request"), x.get("server_cpu_us_per_event")
+            print(
+                f"{i:>5}  {label:<28} {x['events_per_s']:>10,.0f} {per_req if per_req is not None else '-':>10} "
+                f"{per_event if per_event is not None else '-':>12} {x['foreign_cpu_pct']:>8}"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (sqlite, aiohttp x2, collector)")
+    p.add_argument("--workers", type=int, default=None, help="write service.workers: N into the collector's config")
     p.add_argument("--only", choices=["baseline", "collector", "sqlite"], default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
+    load = {"connections": args.connections, "warmup": args.warmup, "duration": args.duration}
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, Procs(Path(tmp)) as procs:
-        results: dict[str, Any] = {}
-        if args.only in (None, "sqlite"):
-            results["sqlite"] = sqlite_baseline(Path(tmp))
-        if args.only in (None, "baseline"):
-            results["aiohttp"] = aiohttp_baseline(
-                procs, connections=args.connections, warmup=args.warmup, duration=args.duration
-            )
-        if args.only in (None, "collector"):
-            results["collector"] = collector_ingest(
-                procs, Path(tmp), connections=args.connections, warmup=args.warmup, duration=args.duration
-            )
+        for i in range(args.rounds):
+            one: dict[str, Any] = {}
+            if args.only in (None, "sqlite"):
+                one["sqlite"] = sqlite_baseline(Path(tmp))
+            if args.only in (None, "baseline"):
+                one["aiohttp_1"] = aiohttp_baseline(procs, events=1, **load)
+                one["aiohttp_100"] = aiohttp_baseline(procs, events=BATCH, **load)
+            if args.only in (None, "collector"):
+                one["collector"] = collector_ingest(
+                    procs, Path(tmp), name=f"collector-{i}", workers=args.workers, **load
+                )
+            rounds.append(one)
+    results = {"settings": {**load, "rounds": args.rounds, "workers": args.workers}, "rounds": rounds}
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    else:
         print(json.dumps(results, indent=2))
+    print_rounds(rounds)
 
 
 if __name__ == "__main__":

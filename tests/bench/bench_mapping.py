@@ -23,7 +23,7 @@ from collector.mapping import registry_functions
 from collector.plugins import PluginSelection, load_registry
 from collector.telemetry import Telemetry
 
-CONFIG = Path(__file__).resolve().parents[2] / "config-examples" / "access-log.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "core" / "src" / "collector" / "examples" / "access-log.yaml"
 N = 200_000
 BATCH = 1000
 

@@ -132,6 +132,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and all its live descendants, plus the children it has reaped.
+
+    With ``service.workers`` the collector's events are taken in by child
+    processes: the CPU per acknowledged event must count them all (a worker
+    that was restarted and reaped is in the parent's cutime/cstime).
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(_stat_fields(int(entry))[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    hz = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = _stat_fields(current)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        if current == pid:
+            total += int(fields[13]) + int(fields[14])
+        todo.extend(children.get(current, ()))
+    return total / hz
+
+
 def machine_cpu_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
     with open("/proc/stat", encoding="ascii") as fh:
@@ -178,7 +214,9 @@ service:
 class Collector:
     """``collector run -c cfg.yaml`` as a subprocess, with its ports."""
 
-    def __init__(self, procs: Procs, workdir: Path, sink_port: int, name: str = "collector") -> None:
+    def __init__(
+        self, procs: Procs, workdir: Path, sink_port: int, name: str = "collector", workers: int | None = None
+    ) -> None:
         self.procs = procs
         self.workdir = workdir
         self.name = name
@@ -195,6 +233,9 @@ class Collector:
             ),
             encoding="utf-8",
         )
+        if workers is not None:  # service.workers (docs/configuration.md); appended under the service block
+            with self.config.open("a", encoding="utf-8") as fh:
+                fh.write(f"  workers: {workers}\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -31,6 +31,7 @@ import time
 from urllib.parse import urlsplit
 
 import orjson
+from harness import tree_cpu_seconds
 
 REQ_WIDTH = 10  # digits of the request number inside each event id
 
@@ -168,9 +169,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             if conn.transport is not None:
                 conn.transport.close()
 
+    # The server's CPU over exactly the window (its process tree: worker
+    # processes included), read at the window's edges: CPU per acknowledged
+    # event does not depend on the machine's size or on other load.
+    window_cpu: list[float] = []
+    if args.cpu_pid and budget is None:
+        for edge in (stats.window_start, stats.window_end):
+            loop.call_at(loop.time() + (edge - started), lambda: window_cpu.append(tree_cpu_seconds(args.cpu_pid)))
     workers = [asyncio.ensure_future(worker()) for _ in range(args.connections)]
     await asyncio.gather(*workers, return_exceptions=False)
     finished = time.perf_counter()
+    if len(window_cpu) == 1:  # the last request ended before the window's end timer ran
+        window_cpu.append(tree_cpu_seconds(args.cpu_pid))
     if budget is None:  # time-bounded: the window is the measure
         window = min(stats.window_end, finished) - stats.window_start
         ok = stats.ok_in_window
@@ -194,6 +204,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
         "statuses": {str(k): v for k, v in sorted(stats.statuses.items())},
         "total_requests_ok": stats.ok,
+        **(
+            {
+                "server_cpu_window_s": round(window_cpu[1] - window_cpu[0], 3),
+                "server_cpu_us_per_request": round((window_cpu[1] - window_cpu[0]) / ok * 1e6, 1) if ok else None,
+                "server_cpu_us_per_event": (
+                    round((window_cpu[1] - window_cpu[0]) / (ok * args.events_per_request) * 1e6, 2) if ok else None
+                ),
+            }
+            if len(window_cpu) == 2
+            else {}
+        ),
         "loadgen_cpu_s": round(time.process_time() - cpu0, 3),
         "elapsed_s": round(finished - started, 3),
         "errors": stats.errors[:5],
@@ -210,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=8.0, help="measuring window, seconds")
     p.add_argument("--requests", type=int, default=None, help="send this many requests, then stop (count mode)")
     p.add_argument("--max-time", type=float, default=120.0, help="hard limit, seconds, whatever the mode")
+    p.add_argument(
+        "--cpu-pid", type=int, default=None, help="read this process tree's CPU at the window's edges (time mode)"
+    )
     p.add_argument("--run", default="r" + str(int(time.time() * 1000) % 10**9), help="id prefix of this run")
     args = p.parse_args(argv)
     if args.requests is not None:

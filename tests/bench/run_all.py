@@ -145,7 +145,7 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
     peak = max(x["collector"]["peak_rss_mib"] for x in rounds)
     d = r["drain"]
     cli = r["cli"]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": "single-event ingest (events/s)",
             "collector": col1,
@@ -173,6 +173,7 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
             "target": "info",
             "met": None,
         },
+        *_cpu_rows(rounds),
         {
             "name": f"drain after outage, {d['backlog'] // 1000}k backlog (events/s)",
             "collector": d["drain_events_per_s"],
@@ -246,6 +247,30 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _cpu_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CPU microseconds per acknowledged event (the collector's process tree over the window), beside the bare
+    handler's CPU per request of the same load: a figure that does not depend on the machine's size or load."""
+    rows = []
+    for events, base_key, label in ((1, "aiohttp_1", "1 event/req"), (100, "aiohttp_100", "100 events/req")):
+        col = [x["collector"][f"events_{events}"].get("server_cpu_us_per_event") for x in rounds]
+        base = [x[base_key].get("server_cpu_us_per_request") for x in rounds]
+        if None in col or None in base:
+            continue
+        col_us, base_us = _median(col), _median(base) / events
+        rows.append(
+            {
+                "name": f"CPU us per acked event, {label}",
+                "collector": col_us,
+                "baseline": base_us,
+                "baseline_name": "aiohttp 204 CPU per request" + (f" / {events}" if events > 1 else ""),
+                "ratio": col_us / base_us if base_us else 0.0,
+                "target": "info",
+                "met": None,
+            }
+        )
+    return rows
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -308,7 +333,8 @@ def print_details(r: dict[str, Any]) -> None:
                 )
             print(
                 f"  {label}  {x['events_per_s']:>10,.0f} events/s  p50 {lat['p50']} ms  p99 {lat['p99']} ms  "
-                f"server CPU {x['server_cpu_pct']}%  loadgen CPU {x['loadgen_cpu_s']} s  "
+                f"server CPU {x['server_cpu_pct']}% ({x.get('server_cpu_us_per_request', '-')} us/req)  "
+                f"loadgen CPU {x['loadgen_cpu_s']} s  "
                 f"others' CPU {x['foreign_cpu_pct']}%{' (noisy)' if x['foreign_cpu_pct'] > 20 else ''}  "
                 f"statuses {x['statuses']}{extra}"
             )

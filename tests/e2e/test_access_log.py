@@ -14,7 +14,7 @@ from collector.plugins import PluginSelection, load_registry
 from collector.runtime.service import Service
 from support.fake_openmeter import FakeOpenMeter
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config-examples" / "access-log.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "core" / "src" / "collector" / "examples" / "access-log.yaml"
 
 RECORDS = [
     {"timestamp": "2026-01-01T12:00:00Z", "method": "GET", "path": "/v1/search", "user": "customer-1", "duration": 42},

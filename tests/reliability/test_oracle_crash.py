@@ -27,14 +27,21 @@ empty, and the oracle compares SETS of (source, id):
   "Delivery guarantees": at-least-once, duplicates bounded by what was in flight).  An id
   sent once and never in the queue at a kill must arrive exactly once.
 
-``make test`` runs :data:`QUICK_TRIALS` trials; ``make soak`` runs
-``COLLECTOR_SOAK_TRIALS`` (default 200).
+With ``workers`` > 1 (``service.workers``, docs/operations.md "Worker
+processes") each trial kills either ONE worker process (the primary starts it
+again on its shard) or the whole process group (the test starts it again);
+the rows counted "in flight" are those of the killed worker's shard, or of
+every queue.
+
+``make test`` runs :data:`QUICK_TRIALS` trials (and :data:`QUICK_WORKER_TRIALS`
+with two workers); ``make soak`` runs ``COLLECTOR_SOAK_TRIALS`` (default 200).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,11 +49,12 @@ from typing import Any
 
 import pytest
 
-from support.collector_proc import CollectorProcess, collector_config, free_port
+from support.collector_proc import CollectorProcess, collector_config, free_port, read_queue_ids
 from support.fake_openmeter import FakeOpenMeter
 from support.loadgen import Key, LoadGenerator
 
 QUICK_TRIALS = 20
+QUICK_WORKER_TRIALS = 10
 
 
 def _inject_fault(fake: FakeOpenMeter, rng: random.Random) -> str:
@@ -68,13 +76,14 @@ def _inject_fault(fake: FakeOpenMeter, rng: random.Random) -> str:
     return "none"
 
 
-def run_oracle(workdir: Path, trials: int, seed: int) -> dict[str, Any]:
+def run_oracle(workdir: Path, trials: int, seed: int, *, workers: int = 1) -> dict[str, Any]:
     rng = random.Random(seed)
     t0 = time.monotonic()
     in_flight_rows: Counter[Key] = Counter()  # id -> sum over kills of its queue rows
     queued_at_kill: list[int] = []
     faults: Counter[str] = Counter()
     startup_kills = 0
+    worker_kills = 0
 
     with FakeOpenMeter.in_thread() as fake:
         cfg = collector_config(
@@ -83,6 +92,7 @@ def run_oracle(workdir: Path, trials: int, seed: int) -> dict[str, Any]:
             receiver_port=free_port(),
             admin_port=free_port(),
         )
+        cfg["service"]["workers"] = workers
         with CollectorProcess(workdir, cfg) as proc:
             proc.start()
             proc.wait_started()
@@ -98,8 +108,19 @@ def run_oracle(workdir: Path, trials: int, seed: int) -> dict[str, Any]:
                     else:
                         proc.wait_started()
                         time.sleep(rng.uniform(0.05, 1.0))
+                        pids = proc.worker_pids() if workers > 1 else {}
+                        if pids and rng.random() < 0.5:
+                            # One worker dies; the primary starts it again on its shard.
+                            index = rng.choice(sorted(pids))
+                            os.kill(pids[index], signal.SIGKILL)
+                            worker_kills += 1
+                            on_disk = read_queue_ids(proc.shard_queue_db(index))
+                            in_flight_rows.update(on_disk)
+                            queued_at_kill.append(sum(on_disk.values()))
+                            _wait_worker_back(proc, index, pids[index])
+                            continue
                     proc.kill()
-                    on_disk = proc.queued_ids_on_disk()
+                    on_disk = proc.all_queued_ids_on_disk()
                     in_flight_rows.update(on_disk)
                     queued_at_kill.append(sum(on_disk.values()))
                     time.sleep(rng.uniform(0.0, 0.15))  # down for a moment: clients get refused
@@ -133,7 +154,9 @@ def run_oracle(workdir: Path, trials: int, seed: int) -> dict[str, Any]:
     summary = {
         "seed": seed,
         "trials": trials,
+        "workers": workers,
         "startup_kills": startup_kills,
+        "worker_kills": worker_kills,
         "requests": ledger.requests,
         "sent": len(sent),
         "acked": len(acked),
@@ -168,6 +191,16 @@ def run_oracle(workdir: Path, trials: int, seed: int) -> dict[str, Any]:
     return summary
 
 
+def _wait_worker_back(proc: CollectorProcess, index: int, old_pid: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = proc.worker_pids().get(index)
+        if pid is not None and pid != old_pid:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"worker {index} was not started again within {timeout}s\n{proc.log_tail()}")
+
+
 def _seed() -> int:
     env = os.environ.get("COLLECTOR_ORACLE_SEED")
     seed = int(env) if env else random.SystemRandom().randrange(2**32)
@@ -178,6 +211,13 @@ def _seed() -> int:
 @pytest.mark.slow
 def test_oracle_kill9_trials(tmp_path: Path) -> None:
     run_oracle(tmp_path, QUICK_TRIALS, _seed())
+
+
+@pytest.mark.slow
+def test_oracle_kill9_trials_with_two_workers(tmp_path: Path) -> None:
+    """kill -9 of one worker, and of the whole group, with workers: 2: nothing acknowledged is lost."""
+    summary = run_oracle(tmp_path, QUICK_WORKER_TRIALS, _seed(), workers=2)
+    assert summary["worker_kills"] > 0 or QUICK_WORKER_TRIALS < 4, summary
 
 
 @pytest.mark.slow

@@ -124,9 +124,11 @@ def _run_fault_script(fake: FakeOpenMeter, poison: set[str]) -> None:
 
 
 @pytest.mark.slow
-def test_metrics_reconcile_after_faults(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_reconcile_after_faults(tmp_path: Path, workers: int) -> None:
+    """With ``workers: 2`` the same identities hold on the one /metrics the primary serves for all."""
     seed = random.SystemRandom().randrange(2**32)
-    print(f"\nreconcile seed: {seed}")
+    print(f"\nreconcile seed: {seed} workers: {workers}")
     with FakeOpenMeter.in_thread() as fake:
         cfg = collector_config(
             storage=tmp_path / "storage",
@@ -136,6 +138,7 @@ def test_metrics_reconcile_after_faults(tmp_path: Path) -> None:
             exporter={"timeout": 0.5, "batch": {"max_events": 20}, "max_in_flight": 2},
             receiver={"max_events": RECEIVER_MAX_EVENTS},
         )
+        cfg["service"]["workers"] = workers
         with CollectorProcess(tmp_path, cfg) as proc:
             proc.start()
             proc.wait_started()
@@ -157,7 +160,9 @@ def test_metrics_reconcile_after_faults(tmp_path: Path) -> None:
             proc.wait_drained(timeout=60, settle=0.5)
             samples = proc.metrics()
             dead = _dead_lettered(proc)
+            doc = proc.health() or {}
             health = proc.exporter_health()
+            worker_health = [w["components"]["exporters"][EXPORTER_ID] for w in doc.get("workers", {}).values()]
             rc = proc.stop()
             assert rc == 0, proc.log_tail()
 
@@ -212,6 +217,8 @@ def test_metrics_reconcile_after_faults(tmp_path: Path) -> None:
     assert retries.get("timeout", 0) > 0, retries
     assert retries.get("network", 0) > 0, retries
     assert health is not None and not health["paused"]
+    assert not any(h["paused"] for h in worker_health)
+    assert len(worker_health) == (workers if workers > 1 else 0)
 
     # Receiver identity, and the refusals are the ones we caused.
     assert received == accepted + refused, summary

@@ -157,6 +157,8 @@ class CollectorProcess:
                 stderr=subprocess.STDOUT,
                 cwd=str(self.workdir),
                 env=self.env,
+                # Its own process group: kill() takes its worker processes (service.workers > 1) with it.
+                start_new_session=True,
             )
         self.starts += 1
 
@@ -169,14 +171,23 @@ class CollectorProcess:
         return self.proc.pid if self.proc is not None else None
 
     def kill(self) -> int | None:
-        """SIGKILL (kill -9) the collector and reap it; returns its exit status."""
+        """SIGKILL (kill -9) the collector's whole process group (worker processes too) and reap it;
+        returns the primary's exit status."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
             self.kills += 1
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         return proc.wait(timeout=10)
+
+    def worker_pids(self) -> dict[int, int]:
+        """Worker index -> pid of the running worker processes, from /health (service.workers > 1)."""
+        doc = self.health() or {}
+        return {
+            int(i): w["pid"] for i, w in doc.get("workers", {}).items() if w.get("state") == "running" and w.get("pid")
+        }
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM and wait (graceful drain); SIGKILL if it overstays ``timeout``."""
@@ -250,7 +261,7 @@ class CollectorProcess:
             raise TimeoutError(f"collector not started within {timeout}s\n{self.log_tail()}") from None
 
     def wait_drained(self, timeout: float = 60.0, settle: float = 0.0) -> dict[str, Any]:
-        """Until the exporter's queue is empty and nothing is in flight.
+        """Until the exporter's queue is empty and nothing is in flight (every worker shard's too).
 
         With ``settle``, the queue must still be empty ``settle`` seconds
         after it was first seen empty (late commits, last acks).
@@ -259,10 +270,16 @@ class CollectorProcess:
         last: dict[str, Any] | None = None
         empty_since: float | None = None
         while time.monotonic() < deadline:
-            last = self.exporter_health()
-            if last and last["queue"]["events"] == 0 and last.get("in_flight_events", 0) == 0:
+            doc = self.health() or {}
+            parts = [doc.get("components", {}).get("exporters", {}).get(EXPORTER_ID)]
+            parts += [
+                w.get("components", {}).get("exporters", {}).get(EXPORTER_ID) for w in doc.get("workers", {}).values()
+            ]
+            last = parts[0]
+            if all(p and p["queue"]["events"] == 0 and p.get("in_flight_events", 0) == 0 for p in parts):
                 empty_since = empty_since or time.monotonic()
                 if time.monotonic() - empty_since >= settle:
+                    assert last is not None
                     return last
             else:
                 empty_since = None
@@ -291,6 +308,18 @@ class CollectorProcess:
         included).
         """
         return read_queue_ids(self.queue_db)
+
+    def shard_queue_db(self, worker: int) -> Path:
+        """Worker ``worker``'s queue (service.workers > 1)."""
+        return self.storage / "workers" / str(worker) / "exporters" / EXPORTER_ID / "queue" / "queue.db"
+
+    def all_queued_ids_on_disk(self) -> Counter[tuple[str, str]]:
+        """:meth:`queued_ids_on_disk` over the primary's queue and every worker shard's."""
+        out = self.queued_ids_on_disk()
+        for shard in sorted((self.storage / "workers").glob("*")):
+            if shard.name.isdigit():
+                out.update(read_queue_ids(self.shard_queue_db(int(shard.name))))
+        return out
 
 
 def read_queue_ids(db: Path) -> Counter[tuple[str, str]]:

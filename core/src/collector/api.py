@@ -93,6 +93,7 @@ async def start_http_server(
     log: Log,
     ssl: typing.Any = None,
     error_body: ErrorBody | None = None,
+    reuse_port: bool = False,
 ) -> HttpServerHandle:
     """Serve an aiohttp ``app`` on ``host:port`` (port 0: a free one) with the limits an exposed port needs.
 
@@ -105,11 +106,23 @@ async def start_http_server(
     :class:`ssl.SSLContext` for HTTPS, ``error_body`` words the errors the listener answers itself
     (default: ``application/problem+json``).  Returns once listening; the handle gives the ``port``,
     ``connections``, ``refused_connections``, ``stop_accepting()`` and ``stop()``.  aiohttp is imported
-    here, on the first call, not when ``collector.api`` is.
+    here, on the first call, not when ``collector.api`` is.  ``reuse_port``: listen with SO_REUSEPORT so
+    that worker processes share the port; pass ``ctx.shared_listeners``.
     """
     from collector.httpserver import start_http_server as start
 
-    return await start(app, host, port, name=name, limits=limits, clock=clock, log=log, ssl=ssl, error_body=error_body)
+    return await start(
+        app,
+        host,
+        port,
+        name=name,
+        limits=limits,
+        clock=clock,
+        log=log,
+        ssl=ssl,
+        error_body=error_body,
+        reuse_port=reuse_port,
+    )
 
 
 #: The version of this API (not of the collector-core distribution).

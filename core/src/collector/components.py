@@ -182,6 +182,9 @@ class ComponentContext:
     coordinator: Any = None  # the service's Coordinator; None means local (always leader)
     # The component's own dead-letter store (opened on first use); None where the host keeps none.
     dead_letters: DeadLetterSink | None = None
+    # True in a worker process (service.workers > 1): the workers share each listening port, so a push
+    # receiver listens with SO_REUSEPORT (``start_http_server(..., reuse_port=ctx.shared_listeners)``).
+    shared_listeners: bool = False
 
     @property
     def component_id(self) -> ComponentID:

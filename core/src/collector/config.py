@@ -3,7 +3,7 @@
 Loading happens in three steps, each with errors a person can act on:
 
 1. YAML parsing (``file:line:column: problem``);
-2. ``${VAR}`` / ``${VAR:-default}`` substitution in string values (``$$`` is a
+2. ``${VAR}`` / ``${VAR:-default}`` / ``${VAR:?message}`` substitution in string values (``$$`` is a
    literal ``$``); an unset variable without a default is an error naming it
    and where it is used.  Substitution happens on parsed string values rather
    than raw text, so a value containing ``:`` or ``#`` cannot break the YAML
@@ -52,7 +52,8 @@ from collector.mapping import registry_functions
 from collector.plugins import Registry
 from collector.specs import SECTION, ComponentID, ComponentKind
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${VAR}, ${VAR:-default}, and ${VAR:?message} (POSIX: unset or empty is an error carrying the message).
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?\}")
 
 
 class ConfigErrors(ConfigError):
@@ -101,6 +102,43 @@ LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidat
 LogFormat = Annotated[Literal["auto", "json", "text"], BeforeValidator(_FORMAT), _FORMAT]
 
 
+class OtlpTelemetryConfig(_Strict):
+    """The collector's own metrics and logs pushed over OTLP/HTTP protobuf (docs/operations.md); needs the
+    ``collector-core[otel]`` extra (opentelemetry-proto)."""
+
+    endpoint: str = Field(
+        description="OTLP/HTTP base URL (http:// or https://); /v1/metrics and /v1/logs are appended."
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description='Headers of every push, e.g. authorization: "Bearer ${OTEL_TOKEN}".'
+    )
+    interval: Duration = Field(30.0, gt=0, description="How often the metrics are pushed (30s, 1m).")
+    timeout: Duration = Field(10.0, gt=0, description="Longest wait for one push; a slower one counts as failed.")
+    metrics: bool = Field(True, description="Push the metrics that /metrics serves.")
+    logs: bool = Field(True, description="Push the log records at logs_level or above (within log_level).")
+    logs_level: LogLevel = Field("info", description="Lowest level of the log records pushed.")
+    log_queue_size: int = Field(
+        2048, gt=0, description="Log records waiting to be pushed; beyond it new ones are dropped and counted."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("an http:// or https:// URL, e.g. http://127.0.0.1:4318")
+        return v
+
+    @model_validator(mode="after")
+    def _proto_installed(self) -> OtlpTelemetryConfig:
+        try:
+            import opentelemetry.proto.collector.metrics.v1.metrics_service_pb2  # noqa: F401
+        except ImportError:
+            raise PydanticCustomError(
+                "missing_extra", "needs opentelemetry-proto: pip install 'collector-core[otel]'"
+            ) from None
+        return self
+
+
 class TelemetryConfig(_Strict):
     """The admin server and the logs."""
 
@@ -111,6 +149,7 @@ class TelemetryConfig(_Strict):
     )
     log_level: LogLevel = Field("info", description="Log level: debug, info, warning or error (any case).")
     log_format: LogFormat = Field("auto", description="json, text, or auto: text on a terminal, JSON otherwise.")
+    otlp: OtlpTelemetryConfig | None = Field(None, description="Push own metrics and logs over OTLP (optional).")
 
     @field_validator("endpoint")
     @classmethod
@@ -139,6 +178,25 @@ class ServiceConfig(_Strict):
     drain_timeout: Duration = Field(
         30.0, gt=0, description="How long a graceful stop may take (receivers, then senders): 30s, 2m or seconds."
     )
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="Processes that serve the push receivers (http, otlp): N, or auto for one per CPU. With more "
+        "than 1, each worker listens on the same ports (SO_REUSEPORT) and commits to its own queue shard; pull "
+        "receivers run once, in the primary process (docs/operations.md, Worker processes).",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError("workers must be between 1 and 256, or auto")
+        return v
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: ``auto`` is the CPUs this process may use."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return self.workers
 
 
 class StorageConfig(_Strict):
@@ -179,6 +237,15 @@ class Settings(BaseSettings):
     admin_endpoint: str | None = Field(None, description="Overrides service.telemetry.endpoint.")
     storage_directory: Path | None = Field(None, description="Overrides storage.directory.")
     drain_timeout: Duration | None = Field(None, gt=0, description="Overrides service.drain_timeout (30s, 2m).")
+    workers: int | Literal["auto"] | None = Field(None, description="Overrides service.workers (N or auto).")
+    event_loop: Literal["auto", "asyncio", "uvloop"] | None = Field(
+        None, description="The event loop of `collector run`: auto (uvloop when installed), asyncio or uvloop."
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str | None) -> int | str | None:
+        return None if v is None else ServiceConfig._workers(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -201,6 +268,8 @@ class Settings(BaseSettings):
         service_updates: dict[str, Any] = {"telemetry": tel.model_copy(update=updates_tel)}
         if self.drain_timeout:
             service_updates["drain_timeout"] = self.drain_timeout
+        if self.workers is not None:
+            service_updates["workers"] = self.workers
         updates: dict[str, Any] = {"service": config.service.model_copy(update=service_updates)}
         if self.storage_directory:
             updates["storage"] = StorageConfig(directory=self.storage_directory)
@@ -226,7 +295,7 @@ def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
 
 
 def substitute(data: Any, environ: Mapping[str, str] | None = None, path: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value."""
+    """Replace ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` in every string value."""
     env = os.environ if environ is None else environ
     if isinstance(data, dict):
         return {k: substitute(v, env, f"{path}.{k}" if path else str(k)) for k, v in data.items()}
@@ -238,8 +307,13 @@ def substitute(data: Any, environ: Mapping[str, str] | None = None, path: str = 
     def repl(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
-        name, default = m.group(1), m.group(2)
+        name, op, default = m.group(1), m.group(2), m.group(3)
         value = env.get(name)
+        if op == "?":  # docs/configuration.md: a required, non-empty value (e.g. an API token)
+            if not value:
+                message = default or "a value is required"
+                raise ConfigError(f"environment variable {name} is not set: {message}", path or None)
+            return value
         if value is None or (value == "" and default is not None):
             if default is None:
                 raise ConfigError(
@@ -280,6 +354,9 @@ class LoadedConfig:
     components: dict[tuple[str, str], ComponentConfig]  # (kind, id) -> config
     warnings: list[str] = field(default_factory=list)
     source: str = "<config>"
+    #: the YAML it was loaded from, before ${VAR} substitution: worker processes load the same
+    #: text with the same environment, so they run exactly the configuration the primary runs
+    text: str = ""
 
     def get(self, kind: str, cid: str) -> ComponentConfig:
         return self.components[(kind, cid)]
@@ -347,9 +424,38 @@ def validate_components(raw: CollectorConfig, registry: Registry) -> LoadedConfi
             components[(kind, cid)] = ComponentConfig(cid, kind, type_name, model)  # type: ignore[arg-type]
 
     errors.extend(_check_pipelines(raw, warnings))
+    errors.extend(_check_workers(raw, registry))
     if errors:
         raise ConfigErrors(errors)
     return LoadedConfig(raw=raw, components=components, warnings=warnings)
+
+
+def _check_workers(raw: CollectorConfig, registry: Registry) -> Iterator[ConfigError]:
+    """With several worker processes, every component of a pipeline they run must be worker-safe."""
+    if raw.service.worker_count() <= 1:
+        return
+    sections = {"receiver": raw.receivers, "processor": raw.processors, "exporter": raw.exporters}
+
+    def safe(kind: str, cid: str) -> bool:
+        if cid not in sections[kind]:
+            return True  # reported by _check_pipelines
+        try:
+            return registry.component(kind, ComponentID.parse(cid).type).worker_safe  # type: ignore[arg-type]
+        except (ConfigError, ValueError):
+            return True  # reported by validate_components
+
+    for name, pipe in raw.service.pipelines.items():
+        if not any(safe("receiver", rid) for rid in pipe.receivers):
+            continue  # pull receivers only: it runs once, in the primary process
+        for section, kind in (("processors", "processor"), ("exporters", "exporter")):
+            for cid in getattr(pipe, section):
+                if not safe(kind, cid):
+                    yield ConfigError(
+                        f"{kind} {cid!r} keeps state that one process must own, but worker processes run this "
+                        f"pipeline (service.workers: {raw.service.workers}); use workers: 1, or move {cid!r} to a "
+                        "pipeline fed only by pull receivers (docs/operations.md, Worker processes)",
+                        f"service.pipelines.{name}.{section}",
+                    )
 
 
 def _check_pipelines(raw: CollectorConfig, warnings: list[str]) -> Iterator[ConfigError]:
@@ -407,6 +513,7 @@ def load_config(
             raise ConfigError(str(exc), "COLLECTOR_ADMIN_ENDPOINT") from None
     loaded = validate_components(raw, registry)
     loaded.source = source
+    loaded.text = text
     return loaded
 
 

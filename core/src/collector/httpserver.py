@@ -267,8 +267,10 @@ class GuardedSite(web.BaseSite):
         error_body: ErrorBody = problem_body,
         ssl_context: Any = None,
         backlog: int = 1024,
+        reuse_port: bool | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._reuse_port = reuse_port
         self._host = host
         self._port = port
         self.guard = guard
@@ -300,7 +302,13 @@ class GuardedSite(web.BaseSite):
             return _GuardedHandler(server, loop=loop, guard=guard, error_body=error_body, deadlines=deadlines, **kwargs)
 
         self._server = await loop.create_server(
-            factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, reuse_address=True
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port,
         )
         sockets: list[Any] = list(self._server.sockets or [])
         self.port = sockets[0].getsockname()[1] if sockets else self._port
@@ -398,13 +406,21 @@ async def start_http_server(
     ssl: Any = None,
     error_body: ErrorBody | None = None,
     backlog: int = 1024,
+    reuse_port: bool = False,
 ) -> HttpServerHandle:
     """Serve ``app`` on ``host:port`` (0: a free port) with ``limits``; see ``collector.api.start_http_server``."""
     runner = web.AppRunner(app, **runner_options(limits, log))
     await runner.setup()
     guard = ConnectionGuard(name, limits, log, clock)
     site = GuardedSite(
-        runner, host, port, guard, error_body=error_body or problem_body, ssl_context=ssl, backlog=backlog
+        runner,
+        host,
+        port,
+        guard,
+        error_body=error_body or problem_body,
+        ssl_context=ssl,
+        backlog=backlog,
+        reuse_port=reuse_port or None,
     )
     try:
         await site.start()

@@ -86,6 +86,14 @@ class ComponentSpec(Generic[ConfigT]):
     config_model: builtins.type[ConfigT]  # builtins: the field `type` above shadows the name
     factory: Callable[[ComponentContext, ConfigT], Component[ConfigT]]
     description: str = ""
+    #: True when an instance may run in each of several worker processes at once
+    #: (``service.workers`` > 1, docs/operations.md "Worker processes"): a push
+    #: receiver whose listening socket the workers share, a processor that keeps
+    #: no state another process would need, an exporter whose writes cannot
+    #: collide.  A receiver that is not worker-safe (a pull receiver) runs once,
+    #: in the primary process; a processor or exporter that is not worker-safe
+    #: is refused in a pipeline that a worker-safe receiver feeds.
+    worker_safe: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -56,11 +56,13 @@ class ExporterGauges:
     paused: bool
     dead_letter_events: int
     queue_salvaged: int = 0  # events salvaged from damaged queue files since start
+    queue_max_bytes: int = 0  # the configured limit: dashboards and alerts show queue_bytes against it
 
 
 _EXPORTER_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("collector_queue_events", "Events in the queue, in flight included.", "queue_events"),
     ("collector_queue_bytes", "Serialised bytes in the queue.", "queue_bytes"),
+    ("collector_queue_max_bytes", "The queue's max_bytes: above it, new data is refused.", "queue_max_bytes"),
     ("collector_queue_oldest_age_seconds", "Age of the oldest queued event.", "queue_oldest_age_s"),
     ("collector_queue_refusing", "1 while the queue refuses new data (full or disk full).", "queue_refusing"),
     ("collector_exporter_in_flight_events", "Events taken from the queue and not yet finished.", "in_flight_events"),
@@ -79,26 +81,52 @@ _EXPORTER_COUNTERS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def combine_gauges(parts: list[ExporterGauges]) -> ExporterGauges:
+    """One exporter's gauges over several queues (its worker shards, docs/operations.md "Worker processes"):
+    counts and bytes add up, the oldest age is the oldest, refusing and paused if any one is."""
+    if len(parts) == 1:
+        return parts[0]
+    return ExporterGauges(
+        queue_events=sum(p.queue_events for p in parts),
+        queue_bytes=sum(p.queue_bytes for p in parts),
+        queue_oldest_age_s=max(p.queue_oldest_age_s for p in parts),
+        queue_refusing=any(p.queue_refusing for p in parts),
+        queue_quarantined=sum(p.queue_quarantined for p in parts),
+        in_flight_events=sum(p.in_flight_events for p in parts),
+        paused=any(p.paused for p in parts),
+        dead_letter_events=sum(p.dead_letter_events for p in parts),
+        queue_salvaged=sum(p.queue_salvaged for p in parts),
+        queue_max_bytes=sum(p.queue_max_bytes for p in parts),
+    )
+
+
 class ExporterGaugeCollector(Collector):
     """Per-exporter gauges computed at scrape time.
 
     Each exporter's runner registers a function that reads its counters from
     memory (docs/operations.md, "Metrics"); a scrape calls it, so the values
     are current without anyone refreshing them, and no scrape runs a query on
-    an event loop.  A source that fails is left out of that scrape.
+    an event loop.  A source that fails is left out of that scrape.  An
+    exporter may have several sources (the primary process drains shards that
+    no worker runs any more): they are combined (:func:`combine_gauges`).
     """
 
     def __init__(self) -> None:
-        self._sources: dict[str, Callable[[], ExporterGauges]] = {}
+        self._sources: dict[str, list[Callable[[], ExporterGauges]]] = {}
         self._lock = threading.Lock()
 
     def watch(self, exporter_id: str, read: Callable[[], ExporterGauges]) -> None:
         with self._lock:
-            self._sources[exporter_id] = read
+            self._sources.setdefault(exporter_id, []).append(read)
 
-    def unwatch(self, exporter_id: str) -> None:
+    def unwatch(self, exporter_id: str, read: Callable[[], ExporterGauges] | None = None) -> None:
+        """Stop reading ``read`` (every source of the exporter when None)."""
         with self._lock:
-            self._sources.pop(exporter_id, None)
+            sources = self._sources.get(exporter_id, [])
+            if read is not None and read in sources:
+                sources.remove(read)
+            if read is None or not sources:
+                self._sources.pop(exporter_id, None)
 
     def describe(self) -> Iterable[Metric]:
         return [
@@ -108,19 +136,25 @@ class ExporterGaugeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            sources = list(self._sources.items())
+            sources = [(eid, list(reads)) for eid, reads in self._sources.items()]
         families: list[tuple[GaugeMetricFamily | CounterMetricFamily, str]] = [
             (GaugeMetricFamily(name, doc, labels=["exporter"]), attr) for name, doc, attr in _EXPORTER_GAUGES
         ]
         families += [
             (CounterMetricFamily(name, doc, labels=["exporter"]), attr) for name, doc, attr in _EXPORTER_COUNTERS
         ]
-        for exporter_id, read in sources:
-            try:
-                values = read()
-            except Exception:  # a scrape must not fail because one exporter is closing
-                logging.getLogger("collector.telemetry").debug("gauges of %s unreadable", exporter_id, exc_info=True)
+        for exporter_id, reads in sources:
+            parts = []
+            for read in reads:
+                try:
+                    parts.append(read())
+                except Exception:  # a scrape must not fail because one exporter is closing
+                    logging.getLogger("collector.telemetry").debug(
+                        "gauges of %s unreadable", exporter_id, exc_info=True
+                    )
+            if not parts:
                 continue
+            values = combine_gauges(parts)
             for family, attr in families:
                 family.add_metric([exporter_id], float(getattr(values, attr)))
         return [family for family, _ in families]
@@ -227,8 +261,23 @@ class Metrics:
         self.leader = Gauge(
             "collector_leader", "1 while this replica leads the pull receiver.", ["receiver"], registry=r
         )
+        # Read from the coordinator at scrape time (runtime.service), so it is never stale between windows.
+        self.coordinator_leader = Gauge(
+            "collector_coordinator_leader",
+            "1 while this replica leads (its coordinator says so).",
+            ["coordinator"],
+            registry=r,
+        )
         self.up = Gauge("collector_up", "1 while the service runs.", registry=r)
         self.start_time = Gauge("collector_start_time_seconds", "Unix time the service started.", registry=r)
+        # Always 1; the labels say what runs (docs/operations.md#metrics): one series, plugins as "dist=version,...".
+        self.build_info = Gauge(
+            "collector_build_info",
+            "1; labels: core version, Python, plugin versions.",
+            ["version", "python", "plugins"],
+            registry=r,
+        )
+        self.build_info.labels(*_build_labels()).set(1)
         # Set at start: queues left by exporters no longer configured (collector.runtime.orphans).
         self.orphaned_queue_events = Gauge(
             "collector_orphaned_queue_events",
@@ -236,6 +285,18 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+
+
+def _build_labels() -> tuple[str, str, str]:
+    """The core's version, Python's, and each installed plugin distribution's (entry-point metadata only:
+    no plugin is imported), as ``collector version`` prints them."""
+    import platform
+    from importlib import metadata
+
+    from collector import __version__
+
+    plugins = {ep.dist.name: ep.dist.version for ep in metadata.entry_points(group="collector") if ep.dist is not None}
+    return __version__, platform.python_version(), ",".join(f"{n}={v}" for n, v in sorted(plugins.items()))
 
 
 # -- logs -----------------------------------------------------------------------

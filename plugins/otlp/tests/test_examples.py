@@ -18,7 +18,7 @@ from collector.errors import ConfigError
 from collector.testing import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[3]
-EXAMPLES = ROOT / "config-examples"
+EXAMPLES = ROOT / "core" / "src" / "collector" / "examples"
 PAGE = ROOT / "docs" / "components" / "otlp-receiver.md"
 
 
@@ -174,4 +174,4 @@ def test_the_docs_page_covers_every_setting(registry):
         assert not gaps, f"the page does not mention {nested}: {gaps}"
     assert "../reference/receiver-otlp.md" in text
     for name in ("otlp-genai-tokens.yaml", "otlp-logs-usage.yaml"):
-        assert f"config-examples/{name}" in text
+        assert f"collector/examples/{name}" in text

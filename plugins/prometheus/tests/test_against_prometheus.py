@@ -256,7 +256,7 @@ async def test_more_series_than_max_series_fails_naming_the_query(collector_run_
     assert "more than max_series=2" in rec.last_error
 
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "config-examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "core" / "src" / "collector" / "examples"
 
 
 def example_on_memory(name: str) -> str:

@@ -55,6 +55,7 @@ def collector_receivers() -> list[ComponentSpec[Any]]:
             HttpReceiverConfig,
             _http_receiver,
             description="CloudEvents over HTTP: the OpenMeter ingest API (v1 and v3) and SDK passthrough.",
+            worker_safe=True,  # every worker process listens on the port (SO_REUSEPORT)
         )
     ]
 
@@ -70,6 +71,12 @@ def _lazy(module: str, cls: str) -> Any:
     factory.__qualname__ = f"lazy({module}.{cls})"
     return factory
 
+
+# Processors that keep state only one process may own: dedupe remembers the ids it
+# saw, aggregate holds open windows (two workers would each emit a window with
+# the same deterministic id, and OpenMeter would keep one).  Refused in a
+# pipeline that worker processes run (docs/operations.md "Worker processes").
+_SINGLE_PROCESS = {"dedupe", "aggregate"}
 
 # (type, config module, config class, implementation class, description)
 _PROCESSORS: list[tuple[str, str, str, str, str]] = [
@@ -115,7 +122,16 @@ def collector_processors() -> list[ComponentSpec[Any]]:
     for type_name, module, config_cls, impl_cls, description in _PROCESSORS:
         mod = f"collector.builtin.processors.{module}"
         config = getattr(import_module(mod), config_cls)
-        specs.append(ComponentSpec("processor", type_name, config, _lazy(mod, impl_cls), description=description))
+        specs.append(
+            ComponentSpec(
+                "processor",
+                type_name,
+                config,
+                _lazy(mod, impl_cls),
+                description=description,
+                worker_safe=type_name not in _SINGLE_PROCESS,
+            )
+        )
     return specs
 
 
@@ -131,6 +147,7 @@ def collector_exporters() -> list[ComponentSpec[Any]]:
             DebugExporterConfig,
             _debug_exporter,
             description="Writes events to stdout or a JSON-lines file.",
+            worker_safe=True,  # a file is opened for append: each batch lands whole
         ),
         ComponentSpec(
             "exporter",
@@ -138,6 +155,7 @@ def collector_exporters() -> list[ComponentSpec[Any]]:
             OpenMeterExporterConfig,
             _openmeter_exporter,
             description="Delivers CloudEvents to OpenMeter (cloud, self-hosted or Kong Konnect).",
+            worker_safe=True,
         ),
     ]
 

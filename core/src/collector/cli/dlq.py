@@ -9,6 +9,11 @@ new reason); entries left when ``--timeout`` runs out stay where they were.
 
 ``list`` masks every configured secret in what it prints (entries written
 before the dead-letter store masked them may still hold a token).
+
+With worker processes (``service.workers`` > 1) every worker shard has its
+own stores (``<storage>/workers/<n>/``): each command covers the primary's
+and every shard's, labelled ``(worker n)``; entry ids are per store, so
+``--ids`` needs ``--worker N`` (0: the primary's) when several hold entries.
 """
 
 from __future__ import annotations
@@ -42,8 +47,45 @@ def _exporters(args: argparse.Namespace, loaded: LoadedConfig) -> list[str]:
     return ids
 
 
-def _store(loaded: LoadedConfig, exporter_id: str) -> DeadLetterStore:
-    return DeadLetterStore(StorageLayout(loaded.raw.storage.directory).exporter_deadletters(exporter_id))
+def _layouts(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[int, StorageLayout]]:
+    """(worker index, layout): the primary's storage (0) and each worker shard on disk, or the one --worker names."""
+    root = StorageLayout(loaded.raw.storage.directory)
+    found = [(0, root), *root.worker_shards().items()]
+    wanted = getattr(args, "worker", None)
+    if wanted is None:
+        return found
+    chosen = [(i, layout) for i, layout in found if i == wanted]
+    if not chosen:
+        have = ", ".join(str(i) for i, _ in found)
+        print(f"error: no worker shard {wanted} under {root.root} (have: {have}; 0 is the primary's)", file=sys.stderr)
+        raise SystemExit(2)
+    return chosen
+
+
+def _label(name: str, worker: int) -> str:
+    return f"{name} (worker {worker})" if worker else name
+
+
+def _exporter_stores(args: argparse.Namespace, loaded: LoadedConfig, eid: str) -> list[tuple[str, DeadLetterStore]]:
+    """The exporter's dead letters: the primary's store, and each worker shard's that exists."""
+    out = []
+    for worker, layout in _layouts(args, loaded):
+        path = layout.exporter_deadletters(eid)
+        if worker == 0 or path.exists():
+            out.append((_label(eid, worker), DeadLetterStore(path)))
+    return out
+
+
+def _check_ids(args: argparse.Namespace, stores: list[tuple[str, DeadLetterStore]]) -> None:
+    """Entry ids are per store: with several stores holding entries, --ids must say which (--worker)."""
+    if args.ids and sum(1 for _, store in stores if store.count()) > 1:
+        labels = ", ".join(label for label, store in stores if store.count())
+        print(
+            f"error: entry ids are per store and several hold dead letters ({labels}); "
+            "say which with --worker N (0: the primary process's)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[str, DeadLetterStore]]:
@@ -53,13 +95,13 @@ def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tu
         have = ", ".join(cid for (k, cid) in loaded.components if k == "processor") or "none"
         print(f"error: no processor {pid!r} in the configuration (have: {have})", file=sys.stderr)
         raise SystemExit(2)
-    layout = StorageLayout(loaded.raw.storage.directory)
     out = []
-    for name, pipe in loaded.raw.service.pipelines.items():
-        if pid in pipe.processors:
-            path = layout.processor_deadletters(pid, name)
-            if path.exists():
-                out.append((f"{pid} (pipeline {name})", DeadLetterStore(path)))
+    for worker, layout in _layouts(args, loaded):
+        for name, pipe in loaded.raw.service.pipelines.items():
+            if pid in pipe.processors:
+                path = layout.processor_deadletters(pid, name)
+                if path.exists():
+                    out.append((_label(f"{pid} (pipeline {name})", worker), DeadLetterStore(path)))
     return out
 
 
@@ -70,8 +112,12 @@ def _receiver_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tup
         have = ", ".join(cid for (k, cid) in loaded.components if k == "receiver") or "none"
         print(f"error: no receiver {rid!r} in the configuration (have: {have})", file=sys.stderr)
         raise SystemExit(2)
-    path = deadletters_in(StorageLayout(loaded.raw.storage.directory).receiver_dir(rid))
-    return [(rid, DeadLetterStore(path))] if path.exists() else []
+    out = []
+    for worker, layout in _layouts(args, loaded):
+        path = deadletters_in(layout.receiver_dir(rid))
+        if path.exists():
+            out.append((_label(rid, worker), DeadLetterStore(path)))
+    return out
 
 
 def _register_secrets(loaded: LoadedConfig) -> None:
@@ -104,6 +150,7 @@ def run_dlq(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) 
         stores = _processor_stores(args, loaded) if args.processor else _receiver_stores(args, loaded)
         if not stores:
             print(f"{component}: no dead letters")
+        _check_ids(args, stores)
         for label, store in stores:
             try:
                 if action == "list":
@@ -114,16 +161,19 @@ def run_dlq(args: argparse.Namespace, loaded: LoadedConfig, registry: Registry) 
                 store.close()
         return code
     for eid in _exporters(args, loaded):
-        store = _store(loaded, eid)
+        stores = _exporter_stores(args, loaded, eid)
         try:
-            if action == "list":
-                _list(args, eid, store)
-            elif action == "drop":
-                code = max(code, _drop(args, eid, store))
-            else:
-                code = max(code, asyncio.run(_replay(args, loaded, registry, eid, store)))
+            _check_ids(args, stores)
+            for label, store in stores:
+                if action == "list":
+                    _list(args, label, store)
+                elif action == "drop":
+                    code = max(code, _drop(args, label, store))
+                else:
+                    code = max(code, asyncio.run(_replay(args, loaded, registry, eid, store, label)))
         finally:
-            store.close()
+            for _, store in stores:
+                store.close()
     return code
 
 
@@ -161,7 +211,7 @@ def _drop(args: argparse.Namespace, eid: str, store: DeadLetterStore) -> int:
 
 
 async def _replay(
-    args: argparse.Namespace, loaded: LoadedConfig, registry: Registry, eid: str, store: DeadLetterStore
+    args: argparse.Namespace, loaded: LoadedConfig, registry: Registry, eid: str, store: DeadLetterStore, label: str
 ) -> int:
     from tqdm import tqdm
 
@@ -169,7 +219,7 @@ async def _replay(
 
     total = len(args.ids) if args.ids else store.count()
     if total == 0:
-        print(f"{eid}: no dead letters to replay")
+        print(f"{label}: no dead letters to replay")
         return 0
     # Re-rejected events land in the same store with their new reason.
     service = Service(loaded, registry)
@@ -179,7 +229,7 @@ async def _replay(
     await runner.start()
     deadline = time.monotonic() + args.timeout
     done = 0
-    bar: Any = tqdm(total=total, unit="event", desc=f"replay {eid}", disable=args.no_progress or total < 1)
+    bar: Any = tqdm(total=total, unit="event", desc=f"replay {label}", disable=args.no_progress or total < 1)
     try:
         for chunk in store.iter_all(CHUNK, ids=args.ids):
             await queue.put([e.event for e in chunk])
@@ -197,7 +247,7 @@ async def _replay(
     except TimeoutError:
         bar.close()
         print(
-            f"{eid}: replay timed out after {args.timeout:g}s; {done} of {total} finished, "
+            f"{label}: replay timed out after {args.timeout:g}s; {done} of {total} finished, "
             "the rest stay in the dead-letter store",
             file=sys.stderr,
         )
@@ -207,7 +257,7 @@ async def _replay(
     await runner.shutdown(5.0)
     delivered = _count(telemetry, "collector_exporter_delivered_events_total", eid)
     again = _count(telemetry, "collector_exporter_dead_lettered_events_total", eid)
-    print(f"{eid}: replayed {done} event(s): {int(delivered)} delivered, {int(again)} dead-lettered again")
+    print(f"{label}: replayed {done} event(s): {int(delivered)} delivered, {int(again)} dead-lettered again")
     return 0
 
 

@@ -24,6 +24,7 @@ from collector.cli.common import (
     settings,
     strict_plugins,
 )
+from collector.cli.examples import DOCS_URL, add_examples_parser, cmd_examples
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -44,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="collector",
         description="Usage-metering collector: receive usage, buffer it on disk, deliver CloudEvents to OpenMeter.",
         parents=[common],
-        epilog="Run `collector run` for the embedded default (HTTP on 127.0.0.1:8080). Docs: docs/README.md",
+        epilog="Run `collector run` for the embedded default (HTTP on 127.0.0.1:8080); `collector examples` lists "
+        f"ready configurations. Docs: {DOCS_URL}",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the versions (as `collector version`) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run the collector (embedded default without -c/--preset)")
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("-o", "--output", type=Path, help="write to a file instead of stdout")
 
     sub.add_parser("version", help="print the version of the core and of each plugin")
+    add_examples_parser(sub)
 
     bf = sub.add_parser("backfill", parents=[common], help="re-emit a pull receiver's windows for a time range")
     _config_args(bf)
@@ -96,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--processor", help="a processor's dead letters (on_error: dead_letter) instead")
         a.add_argument("--receiver", help="a receiver's dead letters (input it could not read, e.g. malformed lines)")
         a.add_argument("--ids", type=lambda s: [int(x) for x in s.split(",") if x], help="comma-separated entry ids")
+        a.add_argument(
+            "--worker",
+            type=int,
+            help="only worker shard N's dead letters (service.workers > 1); 0 is the primary process's",
+        )
         if name == "list":
             a.add_argument("--limit", type=int, default=50, help="most entries to show (default 50)")
             a.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -120,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
     from collector.errors import ConfigError
+    from collector.runtime import eventloop
     from collector.runtime.supervisor import ConfigSource, Runtime
     from collector.telemetry import setup_logging
 
@@ -150,7 +159,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             "anywhere. Set OPENMETER_URL (and OPENMETER_TOKEN) to deliver them to OpenMeter."
         )
     source = ConfigSource(loaded.source, lambda: load(args, registry))
-    return asyncio.run(Runtime(source, loaded, registry).run())
+    runtime = Runtime(source, loaded, registry)
+    runtime.strict_plugins = strict_plugins(args)  # worker processes load plugins the same way
+    try:
+        loop_name, _ = eventloop.loop_factory(env_settings.event_loop)
+    except ConfigError as exc:
+        print_config_error(exc)
+        return EXIT_CONFIG
+    log.debug("event loop: %s", loop_name)
+    return eventloop.run(runtime.run(), env_settings.event_loop)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -208,18 +225,36 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_version(args: argparse.Namespace) -> int:
+def _version_text() -> str:
+    """What ``collector version`` and ``collector --version`` print: the core, each plugin distribution
+    (from entry-point metadata: no plugin is imported), and Python."""
     from importlib import metadata
 
     from collector import __version__
 
-    print(f"collector-core {__version__}")
+    lines = [f"collector-core {__version__}"]
     seen = set()
     for ep in metadata.entry_points(group="collector"):
         if ep.dist is not None and ep.dist.name not in seen:
             seen.add(ep.dist.name)
-            print(f"{ep.dist.name} {ep.dist.version}")
-    print(f"python {sys.version.split()[0]}")
+            lines.append(f"{ep.dist.name} {ep.dist.version}")
+    lines.append(f"python {sys.version.split()[0]}")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: computed only when asked (it reads entry-point metadata) and printed unwrapped."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        print(_version_text())
+        parser.exit()
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(_version_text())
     return EXIT_OK
 
 
@@ -272,6 +307,7 @@ COMMANDS: dict[str, Any] = {
     "plugins": cmd_plugins,
     "schema": cmd_schema,
     "version": cmd_version,
+    "examples": cmd_examples,
     "dlq": cmd_dlq,
     "queue": cmd_queue,
 }

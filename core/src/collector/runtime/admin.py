@@ -1,24 +1,29 @@
 """The admin server: /metrics, /ping, /ready, /health.
 
 It outlives configuration reloads, so it asks a callable for the current
-service rather than holding one.
+service rather than holding one.  With worker processes (``service.workers``
+> 1) it asks each worker too, at request time: ``/metrics`` is the sum of
+every process (:mod:`collector.runtime.metrics_merge`), ``/health`` lists the
+workers, and ``/ready`` needs every running worker ready.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector.endpoints import parse_endpoint
+from collector.runtime import metrics_merge
 from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collector.runtime.service import Service
+    from collector.runtime.workers import WorkerPool
 
 log = logging.getLogger("collector.runtime.admin")
 
@@ -28,10 +33,18 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 class AdminServer:
-    def __init__(self, endpoint: str, telemetry: Telemetry, current: Callable[[], Service | None]) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        telemetry: Telemetry,
+        current: Callable[[], Service | None],
+        *,
+        workers: Callable[[], WorkerPool | None] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.telemetry = telemetry
         self.current = current
+        self.workers = workers or (lambda: None)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -65,8 +78,31 @@ class AdminServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         # Queue gauges are read at scrape time (collector.telemetry): nothing to refresh first.
-        body = generate_latest(self.telemetry.metrics.registry)
+        registry = self.telemetry.metrics.registry
+        pool = self.workers()
+        if pool is not None:
+            scraped = await pool.scrape()
+            workers = [metrics_merge.parse(answer["metrics"]) for answer in scraped.values()]
+            registry = metrics_merge.registry_of(metrics_merge.merge(registry.collect(), workers))
+        body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, service: Service) -> dict[str, Any]:
+        """The service's health, with the workers' when there are worker processes."""
+        health = service.health()
+        pool = self.workers()
+        if pool is None:
+            return health
+        workers = pool.describe(await pool.scrape())
+        health["workers"] = workers
+        running = [w for w in workers.values() if w["state"] == "running"]
+        # A worker being started again does not make the collector unready (the others hold the
+        # port), but one that runs and is not ready (its queue refuses, say) does.
+        health["ready"] = bool(health["ready"] and running and all(w["ready"] for w in running))
+        some_down = len(running) < len(workers)
+        if health["status"] == "ok" and (some_down or not health["ready"]):
+            health["status"] = "degraded"
+        return health
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="pong")
@@ -75,7 +111,7 @@ class AdminServer:
         service = self.current()
         if service is None:
             return _json({"ready": False, "reasons": ["not started"]}, 503)
-        health = service.health()
+        health = await self._health(service)
         # With a coordinator, whether this replica leads its pull receivers (a standby is ready too).
         leader = {"leader": health["leader"]} if "leader" in health else {}
         if health["ready"]:
@@ -96,11 +132,31 @@ class AdminServer:
                         or ("queue refusing data" if h.get("queue", {}).get("refusing") else h.get("state"))
                     )
                     reasons.append(f"{kind.removesuffix('s')} {cid}: {why}")
+        for index, worker in health.get("workers", {}).items():
+            if worker["state"] == "running" and not worker["ready"]:
+                reasons.append(f"worker {index}: {worker.get('reason') or _component_reasons(worker)}")
+        if "workers" in health and not any(w["state"] == "running" for w in health["workers"].values()):
+            reasons.append("no worker process is running")
         return _json({"ready": False, "reasons": reasons, **leader}, 503)
 
     async def health(self, request: web.Request) -> web.Response:
         service = self.current()
         if service is None:
             return _json({"status": "starting", "ready": False, "components": {}}, 503)
-        h = service.health()
+        h = await self._health(service)
         return _json(h, 200 if h["ready"] else 503)
+
+
+def _component_reasons(worker: dict[str, Any]) -> str:
+    """Why a worker is not ready, from its components' health."""
+    out = []
+    for kind, parts in worker.get("components", {}).items():
+        for cid, h in parts.items():
+            if not h.get("ready", False):
+                refusing = h.get("queue", {}).get("refusing")
+                why = h.get("reason") or ("queue refusing data" if refusing else h.get("state"))
+                out.append(f"{kind.removesuffix('s')} {cid}: {why}")
+    lost = (worker.get("storage") or {}).get("lost")
+    if lost:
+        out.append(lost)
+    return "; ".join(out) or "not ready"

@@ -10,6 +10,7 @@ Everything the collector owes lives under ``storage.directory``
     <root>/receivers/<id>/                       a receiver (a pull receiver's state.sqlite)
     <root>/coordinators/<id>/                    the coordinator
     <root>/backfill/<receiver id>-<stamp>/       a backfill's own storage, laid out the same way
+    <root>/workers/<n>/                          worker process n's shard (service.workers > 1), laid out the same way
     <root>/collector.lock                        held (flock) by the collector running on <root>
 
 A ``/`` in an id becomes ``__`` (``openmeter/eu`` -> ``exporters/openmeter__eu``).
@@ -30,6 +31,7 @@ DEADLETTER_FILE = "deadletter.sqlite"
 # Held with flock() by the one process that owns the storage (collector.runtime.storage_lock).
 LOCK_FILE = "collector.lock"
 QUEUE_DIR = "queue"
+WORKERS_DIR = "workers"
 # What the pull-receiver framework names its watermark store in its directory
 # (collector/pull.py); the layout repeats it so that tools can find it.
 PULL_STATE_FILE = "state.sqlite"
@@ -106,7 +108,21 @@ class StorageLayout:
         """A backfill's own storage, so a collector running on this root is not disturbed."""
         return StorageLayout(self.root / "backfill" / f"{dir_name(receiver_id)}-{stamp}")
 
+    def for_worker(self, index: int) -> StorageLayout:
+        """Worker process ``index``'s shard: its own queues and dead letters (docs/operations.md, Worker processes)."""
+        if index < 1:
+            raise ValueError("worker indexes start at 1")
+        return StorageLayout(self.root / WORKERS_DIR / str(index))
+
     # -- what exists -----------------------------------------------------------------------
+
+    def worker_shards(self) -> dict[int, StorageLayout]:
+        """Every worker shard on disk, by index (shards outlive a smaller ``workers`` setting)."""
+        base = self.root / WORKERS_DIR
+        if not base.is_dir():
+            return {}
+        found = {int(d.name): StorageLayout(d) for d in base.iterdir() if d.is_dir() and d.name.isdigit()}
+        return dict(sorted(found.items()))
 
     def exporter_queues(self) -> dict[str, Path]:
         """Every exporter queue on disk, by directory name (``openmeter__eu``)."""

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from collector.clock import Clock, SystemClock
 from collector.components import (
@@ -42,6 +42,16 @@ if TYPE_CHECKING:  # the runtime gets a registry; it never loads plugins itself
 
 log = logging.getLogger("collector.runtime.service")
 
+#: What a service runs (docs/operations.md, "Worker processes"):
+#: ``all`` everything (one process, ``service.workers: 1``);
+#: ``primary`` the receivers that are not worker-safe (pull receivers), the
+#: coordinator, and every exporter on the root storage (so queues left by a
+#: single-process run still drain);
+#: ``worker`` the worker-safe (push) receivers, their pipelines and exporters,
+#: on the worker's shard, listening with SO_REUSEPORT;
+#: ``drain`` only the exporters' senders, on a shard no worker runs any more.
+Role = Literal["all", "primary", "worker", "drain"]
+
 
 class Service:
     """One running configuration, and the one place that builds its parts.
@@ -62,8 +72,10 @@ class Service:
         telemetry: Telemetry | None = None,
         clock: Clock | None = None,
         layout: StorageLayout | None = None,
+        role: Role = "all",
     ) -> None:
         self.loaded = loaded
+        self.role: Role = role
         self.registry = registry
         # Components get the mapping functions, not the registry (collector.components.ComponentContext).
         self._functions = registry_functions(registry)
@@ -99,6 +111,7 @@ class Service:
             clock=self.clock,
             coordinator=self.coordinator,
             dead_letters=LazyDeadLetters(deadletters_in(storage_dir)) if kind == "receiver" else None,
+            shared_listeners=self.role == "worker",
         )
 
     def _build(self, kind: str, cid: str, *, pipeline: str | None = None) -> Component[Any]:
@@ -180,28 +193,44 @@ class Service:
             out.append(proc)
         return out
 
+    def receiver_runs_here(self, rid: str) -> bool:
+        """Whether receiver ``rid`` runs in this service's role (worker-safe ones in workers, the rest once)."""
+        if self.role == "all":
+            return True
+        if self.role == "drain":
+            return False
+        safe = self.registry.component("receiver", self.loaded.get("receiver", rid).type).worker_safe
+        return safe if self.role == "worker" else not safe
+
     def build(self) -> None:
-        """Instantiate every component a pipeline uses (no I/O beyond mkdir)."""
+        """Instantiate every component a pipeline uses in this role (no I/O beyond mkdir)."""
         raw = self.loaded.raw
         self.storage.mkdir(parents=True, exist_ok=True)
         # First: pull receivers ask it who leads.
-        if raw.service.coordinator:
+        if raw.service.coordinator and self.role in ("all", "primary"):
             coord = self._build("coordinator", raw.service.coordinator)
             assert isinstance(coord, Coordinator)
             self.coordinator = coord
+            # Read at scrape time, so it is never stale between pull windows (docs/operations.md, "Metrics").
+            gauge = self.telemetry.metrics.coordinator_leader.labels(coordinator=coord.id)
+            gauge.set_function(lambda: 1.0 if coord.is_leader() else 0.0)
         for name, pipe in raw.service.pipelines.items():
+            if self.role == "worker" and not any(self.receiver_runs_here(r) for r in pipe.receivers):
+                continue
             runners = []
             for eid in pipe.exporters:
                 if eid not in self.exporters:
                     self.exporters[eid] = self.build_exporter_runner(eid)
                 runners.append(self.exporters[eid])
+            if self.role == "drain":
+                continue
             procs = self.build_processors(name)
             for pid, proc in zip(pipe.processors, procs, strict=True):
                 self.processors[(name, pid)] = proc
             self.pipelines[name] = Pipeline(name, procs, runners)
-        for pipe in raw.service.pipelines.values():
-            for rid in pipe.receivers:
-                if rid not in self.receivers:
+        for name in self.pipelines:
+            for rid in raw.service.pipelines[name].receivers:
+                if rid not in self.receivers and self.receiver_runs_here(rid):
                     rec = self._build("receiver", rid)
                     assert isinstance(rec, Receiver)
                     self.receivers[rid] = rec
@@ -212,7 +241,7 @@ class Service:
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        if not self.pipelines:
+        if not self.pipelines and not self.exporters:
             self.build()
         t0 = time.monotonic()
         try:
@@ -235,10 +264,14 @@ class Service:
             raise
         self.started = True
         self.started_at = time.time()
+        if self.role == "drain":  # a shard's senders inside the primary process: not the collector's start
+            log.info("draining %s: exporters %s", self.storage, ", ".join(self.exporters) or "none")
+            return
         self.telemetry.metrics.up.set(1)
         self.telemetry.metrics.start_time.set(self.started_at)
         log.info(
-            "collector started: %d pipeline(s), receivers %s, exporters %s (%.0f ms)",
+            "collector %s: %d pipeline(s), receivers %s, exporters %s (%.0f ms)",
+            "started" if self.role == "all" else f"{self.role} started",
             len(self.pipelines),
             ", ".join(self.receivers) or "none",
             ", ".join(self.exporters) or "none",
@@ -266,7 +299,8 @@ class Service:
         if self.coordinator:
             await self.coordinator.shutdown(left())
         self.storage_watch.stop()
-        self.telemetry.metrics.up.set(0)
+        if self.role in ("all", "primary"):
+            self.telemetry.metrics.up.set(0)
         self.started = False
         log.info("collector stopped (%.0f ms)", (time.monotonic() - t0) * 1000)
 

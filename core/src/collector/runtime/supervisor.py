@@ -26,14 +26,16 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from collector.config import LoadedConfig
 from collector.errors import ConfigError
+from collector.runtime import selftelemetry
 from collector.runtime.admin import AdminServer
 from collector.runtime.layout import StorageLayout
 from collector.runtime.service import Service
 from collector.runtime.storage_lock import StorageLock, StorageLockedError
+from collector.runtime.workers import WorkerPool, WorkerStartError
 from collector.telemetry import Telemetry, setup_logging
 
 if TYPE_CHECKING:  # the runtime gets a registry; it never loads plugins itself
@@ -61,6 +63,14 @@ class Runtime:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._lock: StorageLock | None = None
+        # service.workers > 1 (docs/operations.md, "Worker processes"): the push receivers' processes,
+        # and the senders of worker shards that no worker runs any more (workers lowered)
+        self.pool: WorkerPool | None = None
+        self.drains: list[tuple[Service, StorageLock]] = []
+        self.strict_plugins = False
+        # service.telemetry.otlp (docs/operations.md); metric_source None: this process's registry
+        self.selftelemetry: selftelemetry.SelfTelemetry | None = None
+        self.metric_source: selftelemetry.MetricSource | None = None
 
     def current(self) -> Service | None:
         return self.service
@@ -72,14 +82,66 @@ class Runtime:
             await self.admin.stop()
             self.admin = None
         if endpoint:
-            self.admin = AdminServer(endpoint, self.telemetry, self.current)
+            self.admin = AdminServer(endpoint, self.telemetry, self.current, workers=lambda: self.pool)
             await self.admin.start()
 
     async def _start_service(self, loaded: LoadedConfig) -> None:
-        service = Service(loaded, self.registry, telemetry=self.telemetry)
+        count = loaded.raw.service.worker_count()
+        service = Service(loaded, self.registry, telemetry=self.telemetry, role="primary" if count > 1 else "all")
         await service.start()
+        try:
+            await self._start_drains(loaded, count)
+            if count > 1:
+                pool = WorkerPool(count, self.telemetry, strict_plugins=self.strict_plugins)
+                await pool.start(loaded)
+                self.pool = pool
+        except BaseException:
+            await self._stop_services()
+            await service.stop()
+            raise
+        # Only now does /health say "started": every worker listens.
         self.service = service
         self.loaded = loaded
+
+    async def _start_drains(self, loaded: LoadedConfig, count: int) -> None:
+        """Senders for the worker shards no worker runs (left by a larger ``workers``): nothing is stranded."""
+        layout = StorageLayout(loaded.raw.storage.directory)
+        for index, shard in layout.worker_shards().items():
+            if (count > 1 and index <= count) or not (shard.root / "exporters").is_dir():
+                continue
+            lock = StorageLock(shard.root, shard.lock_file)
+            try:
+                await asyncio.to_thread(lock.acquire)
+            except (OSError, StorageLockedError) as exc:
+                log.warning("worker shard %s is not drained from here: %s", shard.root, exc)
+                continue
+            drain = Service(loaded, self.registry, telemetry=self.telemetry, layout=shard, role="drain")
+            try:
+                await drain.start()
+            except BaseException:
+                lock.release()
+                raise
+            self.drains.append((drain, lock))
+            log.info(
+                "no worker runs shard %d (service.workers=%d): the primary process delivers what it holds",
+                index,
+                count,
+            )
+
+    async def _stop_services(self, timeout: float | None = None) -> None:
+        """Stop the workers, the primary's service and the shard drains together (each drains in parallel)."""
+        pool, self.pool = self.pool, None
+        service, self.service = self.service, None
+        drains, self.drains = self.drains, []
+        drain_timeout = timeout if timeout is not None else self.loaded.raw.service.drain_timeout
+        parts: list[Any] = [d.stop(timeout) for d, _ in drains]
+        if pool is not None:
+            parts.append(pool.stop(drain_timeout))
+        if service is not None:
+            parts.append(service.stop(timeout))
+        await asyncio.gather(*parts)
+        for _, lock in drains:
+            lock.release()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -96,8 +158,9 @@ class Runtime:
             return 1
         try:
             await self._start_admin(self.loaded.raw.service.telemetry.endpoint)
+            await self._restart_selftelemetry(self.loaded)  # first: the start-up logs are pushed too
             await self._start_service(self.loaded)
-        except (OSError, ConfigError) as exc:
+        except (OSError, ConfigError, WorkerStartError) as exc:
             log.error("start-up failed: %s", exc)
             await self._shutdown()
             return 2 if isinstance(exc, ConfigError) else 1
@@ -136,13 +199,13 @@ class Runtime:
                 log.error("reload refused, keeping the running configuration: %s", exc)
                 return
         assert self.service is not None
-        await self.service.stop()
-        self.service = None
+        await self._stop_services()
         try:
             await self._start_admin(new.raw.service.telemetry.endpoint)
             await self._start_service(new)
             tel = new.raw.service.telemetry
             setup_logging(tel.log_level, tel.log_format)
+            await self._restart_selftelemetry(new)
             log.info("configuration reloaded")
         except Exception as exc:
             log.error("the new configuration failed to start (%s); restarting the previous one", exc)
@@ -150,15 +213,27 @@ class Runtime:
                 new_lock.release()
             await self._start_admin(old.raw.service.telemetry.endpoint)
             await self._start_service(old)
+            await self._restart_selftelemetry(old)
             return
         if new_lock is not None:
             if self._lock is not None:
                 self._lock.release()
             self._lock = new_lock
 
+    async def _restart_selftelemetry(self, loaded: LoadedConfig | None) -> None:
+        """Stop the OTLP push of our own telemetry and start the one ``loaded`` asks for; never fails the run."""
+        config = loaded.raw.service.telemetry.otlp if loaded is not None else None
+        try:
+            self.selftelemetry = await selftelemetry.restart(
+                self.selftelemetry, config, self.telemetry, self.metric_source
+            )
+        except Exception as exc:
+            self.selftelemetry = None
+            log.error("OTLP export of the collector's own telemetry not started: %s", exc)
+
     async def _shutdown(self) -> None:
-        if self.service is not None:
-            await self.service.stop()
+        await self._stop_services()
+        await self._restart_selftelemetry(None)
         if self.admin is not None:
             await self.admin.stop()
         if self._lock is not None:

@@ -31,5 +31,6 @@ def collector_receivers() -> list[ComponentSpec[Any]]:
             OtlpReceiverConfig,
             _make_receiver,
             description="OpenTelemetry logs, metrics and traces (OTLP/gRPC and OTLP/HTTP) as records for mappings.",
+            worker_safe=True,  # every worker process listens on the ports (SO_REUSEPORT)
         )
     ]

@@ -49,8 +49,9 @@ class GrpcServer:
         server = aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
-                # Without this, a second process could bind the same port silently.
-                ("grpc.so_reuseport", 0),
+                # Without this, a second process could bind the same port silently; worker
+                # processes (service.workers > 1) share it on purpose.
+                ("grpc.so_reuseport", 1 if self.receiver.ctx.shared_listeners else 0),
             ]
         )
         server.add_generic_rpc_handlers(

@@ -127,6 +127,7 @@ class HttpServer:
                 log=r.log,
                 ssl=ssl_ctx,
                 error_body=listener_error,
+                reuse_port=r.ctx.shared_listeners,
             )
         except OSError as exc:
             raise OSError(

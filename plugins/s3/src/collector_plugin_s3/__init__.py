@@ -51,5 +51,6 @@ def collector_exporters() -> list[ComponentSpec[Any]]:
             S3ExporterConfig,
             _make_exporter,
             description="An archive: delivered events as gzip JSON-lines objects partitioned by hour.",
+            worker_safe=True,  # object keys are content digests: two workers cannot collide
         )
     ]

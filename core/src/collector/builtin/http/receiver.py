@@ -120,6 +120,7 @@ class HttpReceiver(Receiver[HttpReceiverConfig]):
                 clock=self.ctx.clock,
                 log=self.log,
                 ssl=ssl_ctx,
+                reuse_port=self.ctx.shared_listeners,
             )
         except OSError as exc:
             raise OSError(

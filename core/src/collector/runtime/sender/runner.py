@@ -107,13 +107,14 @@ class ExporterRunner:
         self._buffer_batch_sent = metrics.buffer_batch_sent.labels(**self._labels)
         self._buffer_latency = metrics.buffer_latency_ns.labels(**self._labels)
         self._batch_created = metrics.batch_created.labels(**self._labels)
-        metrics.exporter_gauges.watch(exporter_id, self.gauges)
 
     # -- service side (called on the service loop) ------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self.queue.open)
         await asyncio.to_thread(self._recount_dead_letters)
+        # Read at scrape time from here until shutdown (several sources per exporter add up).
+        self.metrics.exporter_gauges.watch(self.id, self.gauges)
         await self.host.start()
         await self.host.call(self._start_in_loop())
 
@@ -136,6 +137,7 @@ class ExporterRunner:
         try:
             await self.host.call(self._stop_in_loop(timeout))
         finally:
+            self.metrics.exporter_gauges.unwatch(self.id, self.gauges)
             await self.host.stop()
             await asyncio.to_thread(self.queue.close)
             await asyncio.to_thread(self.deadletters.close)
@@ -186,6 +188,7 @@ class ExporterRunner:
             queue_refusing=st.refusing,
             queue_quarantined=st.quarantined,
             queue_salvaged=st.salvaged_events,
+            queue_max_bytes=int(self.config.queue.max_bytes),
             in_flight_events=self.stats.in_flight_events,
             paused=self.stats.paused,
             dead_letter_events=self.delivery.dead_letter_count,

@@ -1,0 +1,241 @@
+"""Worker processes (``service.workers``; docs/operations.md, "Worker processes"), end to end.
+
+Real ``collector run`` processes with two workers in front of the fake
+OpenMeter: both workers take connections on the one port, the admin server
+speaks for all of them, a killed worker comes back on its shard, a stop or a
+lower ``workers`` strands nothing, and the dead letters of every shard are
+reachable from ``collector dlq``.  The kill -9 oracle with two workers is in
+tests/reliability/test_oracle_crash.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.testing import eventually_sync
+from support.collector_proc import (
+    EXPORTER_ID,
+    CollectorProcess,
+    collector_command,
+    collector_config,
+    free_port,
+    metric_sum,
+)
+from support.fake_openmeter import FakeOpenMeter
+from support.loadgen import make_event
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp_path: Path, url: str, workers: int = 2, **kw: Any) -> dict[str, Any]:
+    cfg = collector_config(
+        storage=tmp_path / "storage", openmeter_url=url, receiver_port=free_port(), admin_port=free_port(), **kw
+    )
+    cfg["service"]["workers"] = workers
+    return cfg
+
+
+def _post_each_on_a_new_connection(proc: CollectorProcess, events: list[dict[str, Any]]) -> list[int]:
+    """One connection per event: the kernel spreads new connections over the workers' sockets."""
+    host, port = proc.config["receivers"]["http"]["endpoint"].rsplit(":", 1)
+    codes = []
+    for event in events:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request(
+                "POST", "/api/v1/events", orjson.dumps(event), {"Content-Type": "application/cloudevents+json"}
+            )
+            codes.append(conn.getresponse().status)
+        finally:
+            conn.close()
+    return codes
+
+
+def _worker_queues(proc: CollectorProcess) -> dict[str, int]:
+    doc = proc.health() or {}
+    return {
+        index: w["components"]["exporters"][EXPORTER_ID]["queue"]["events"]
+        for index, w in doc.get("workers", {}).items()
+        if "components" in w
+    }
+
+
+def test_two_workers_share_the_port_and_answer_as_one_collector(tmp_path: Path) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens: every event stays in its shard
+    with CollectorProcess(tmp_path, _config(tmp_path, unreachable)) as proc:
+        proc.start()
+        proc.wait_started(timeout=30)
+        events = [make_event("workers", f"w-{i}") for i in range(40)]
+        assert _post_each_on_a_new_connection(proc, events) == [204] * 40
+
+        queues = _worker_queues(proc)
+        assert set(queues) == {"1", "2"}
+        assert sum(queues.values()) == 40
+        assert all(n > 0 for n in queues.values()), f"one worker took every connection: {queues}"
+
+        samples = proc.metrics()
+        assert metric_sum(samples, "collector_receiver_accepted_events_total", receiver="http") == 40
+        assert metric_sum(samples, "collector_queue_events", exporter=EXPORTER_ID) == 40
+        assert metric_sum(samples, "collector_workers_running") == 2
+        assert metric_sum(samples, "collector_up") == 1  # the primary's, not a sum over processes
+        status, body = proc.get("/ready")
+        assert status == 200, body
+
+        # Each shard is its own durable queue under the storage directory.
+        for index in ("1", "2"):
+            assert proc.shard_queue_db(int(index)).exists()
+        assert proc.stop() == 0
+        assert "collector stopped" in proc.log_tail(60)
+
+
+def test_a_killed_worker_is_started_again_and_delivers_its_shard(tmp_path: Path) -> None:
+    with FakeOpenMeter.in_thread() as fake:
+        fake.pause_listening_sync(None)  # connection refused: events wait in the shards
+        with CollectorProcess(tmp_path, _config(tmp_path, fake.url)) as proc:
+            proc.start()
+            proc.wait_started(timeout=30)
+            events = [make_event("workers", f"k-{i}") for i in range(30)]
+            assert _post_each_on_a_new_connection(proc, events) == [204] * 30
+            pids = proc.worker_pids()
+            victim = 1 if _worker_queues(proc).get("1") else 2
+            os.kill(pids[victim], signal.SIGKILL)
+
+            eventually_sync(
+                lambda: proc.worker_pids().get(victim) not in (None, pids[victim]),
+                timeout=20,
+                message="the killed worker started again",
+            )
+            assert metric_sum(proc.metrics(), "collector_worker_restarts_total", worker=str(victim)) == 1
+            assert "exited with status -9" in proc.log_tail(80)
+
+            fake.resume_listening_sync()
+            fake.wait_for_ids_sync([("workers", e["id"]) for e in events], timeout=30)
+            proc.wait_drained(timeout=30)
+            assert proc.stop() == 0
+
+
+def test_sigterm_drains_every_worker_and_a_lower_count_strands_nothing(tmp_path: Path) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    cfg = _config(tmp_path, unreachable)
+    with CollectorProcess(tmp_path, cfg) as proc:
+        proc.start()
+        proc.wait_started(timeout=30)
+        events = [make_event("workers", f"d-{i}") for i in range(30)]
+        assert _post_each_on_a_new_connection(proc, events) == [204] * 30
+        held = _worker_queues(proc)
+        assert proc.stop() == 0  # the destination is down: what is left stays in the shards
+    assert sum(held.values()) == 30
+
+    with FakeOpenMeter.in_thread() as fake:
+        cfg = _config(tmp_path, fake.url, workers=1)
+        cfg["storage"] = {"directory": str(tmp_path / "storage")}
+        with CollectorProcess(tmp_path / "second", cfg) as proc:
+            proc.start()
+            proc.wait_started(timeout=30)
+            # No worker runs the two shards any more: the primary's senders deliver them.
+            fake.wait_for_ids_sync([("workers", e["id"]) for e in events], timeout=30)
+            log = proc.log_tail(80)
+            assert "no worker runs shard 1" in log and "no worker runs shard 2" in log
+            assert proc.stop() == 0
+        assert sorted(e["id"] for e in fake.arrivals) == sorted(e["id"] for e in events)
+
+
+def test_sighup_restarts_every_worker_on_the_new_configuration(tmp_path: Path) -> None:
+    with FakeOpenMeter.in_thread() as fake, CollectorProcess(tmp_path, _config(tmp_path, fake.url)) as proc:
+        proc.start()
+        proc.wait_started(timeout=30)
+        before = proc.worker_pids()
+        # The new configuration asks for a bearer token on intake: every worker must enforce it.
+        new = dict(proc.config)
+        new["receivers"] = {"http": {**proc.config["receivers"]["http"], "auth": {"tokens": ["s3cret-token"]}}}
+        proc.config_path.write_text(json.dumps(new), encoding="utf-8")
+        assert proc.proc is not None
+        os.kill(proc.proc.pid, signal.SIGHUP)
+        eventually_sync(
+            lambda: len(after := proc.worker_pids()) == 2 and not set(after.values()) & set(before.values()),
+            timeout=30,
+            message="both workers started again",
+        )
+        codes = _post_each_on_a_new_connection(proc, [make_event("workers", f"h-{i}") for i in range(12)])
+        assert codes == [401] * 12, codes
+        assert "configuration reloaded" in proc.log_tail(80)
+        assert proc.stop() == 0
+
+
+def test_dead_letters_of_every_shard_are_listed_and_ids_need_a_worker(tmp_path: Path) -> None:
+    with FakeOpenMeter.in_thread() as fake:
+        poison = {f"p-{i}" for i in range(20)}
+        fake.reject_ids(poison)
+        with CollectorProcess(tmp_path, _config(tmp_path, fake.url)) as proc:
+            proc.start()
+            proc.wait_started(timeout=30)
+            assert (
+                _post_each_on_a_new_connection(proc, [make_event("workers", i) for i in sorted(poison)]) == [204] * 20
+            )
+            proc.wait_drained(timeout=30)
+            assert proc.stop() == 0
+
+        cli = [*collector_command(), "dlq"]
+        listed = subprocess.run(
+            [*cli, "list", "-c", str(proc.config_path), "--json", "--limit", "1000"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        rows = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+        assert {r["event"]["id"] for r in rows} == poison
+        shards = {r["exporter"] for r in rows}
+        assert shards == {f"{EXPORTER_ID} (worker 1)", f"{EXPORTER_ID} (worker 2)"}, shards
+
+        ambiguous = subprocess.run(
+            [*cli, "drop", "-c", str(proc.config_path), "--ids", "1"], capture_output=True, text=True, timeout=60
+        )
+        assert ambiguous.returncode == 2 and "--worker" in ambiguous.stderr
+        dropped = subprocess.run(
+            [*cli, "drop", "-c", str(proc.config_path), "--worker", "2", "--all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert f"{EXPORTER_ID} (worker 2): dropped" in dropped.stdout
+        after = subprocess.run(
+            [*cli, "list", "-c", str(proc.config_path), "--json", "--limit", "1000"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        left = {json.loads(line)["exporter"] for line in after.stdout.splitlines() if line.startswith("{")}
+        assert left == {f"{EXPORTER_ID} (worker 1)"}
+
+
+def test_a_port_of_zero_and_a_single_process_processor_are_refused(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "http://127.0.0.1:9")
+    cfg["receivers"]["http"]["endpoint"] = "127.0.0.1:0"
+    with CollectorProcess(tmp_path / "port0", cfg) as proc:
+        proc.start()
+        assert proc.proc is not None
+        assert proc.proc.wait(timeout=60) == 1
+        assert "give it a fixed port, not 0" in proc.log_tail(40)
+
+    cfg = _config(tmp_path, "http://127.0.0.1:9")
+    cfg["processors"] = {"dedupe": {}}
+    cfg["service"]["pipelines"]["events"]["processors"] = ["dedupe"]
+    path = tmp_path / "dedupe.yaml"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    out = subprocess.run(
+        [*collector_command(), "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "processor 'dedupe' keeps state that one process must own" in out.stderr
