@@ -58,6 +58,7 @@ exporters:
 storage:
   directory: {storage}
 service:
+  workers: {workers}
   telemetry: {{endpoint: "127.0.0.1:{admin_port}", log_level: warning, log_format: text}}
   pipelines:
     logs: {{receivers: [otlp], processors: [mapping], exporters: [debug]}}
@@ -143,7 +144,11 @@ async def baseline_server(port: int) -> None:
 # -- the load ----------------------------------------------------------------------------------------
 
 
-async def load(port: int, bodies: list[bytes], batch: int, concurrency: int, warmup: float, duration: float) -> dict:
+async def load(
+    port: int, bodies: list[bytes], batch: int, concurrency: int, warmup: float, duration: float, channels: int = 1
+) -> dict:
+    """``concurrency`` Export calls in flight, spread over ``channels`` gRPC connections (several let the
+    kernel spread them over worker processes: each connection goes to one)."""
     import grpc
 
     acked = 0
@@ -152,15 +157,23 @@ async def load(port: int, bodies: list[bytes], batch: int, concurrency: int, war
     latencies: list[float] = []
     measuring = False
     stop = False
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    ) as channel:
-        call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
-        await channel.channel_ready()
+    opened = [
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}",
+            # its own connection per channel (grpc shares subchannels across channels by default)
+            options=[("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)],
+        )
+        for _ in range(max(1, channels))
+    ]
+    try:
+        calls_by_channel = [c.unary_unary(EXPORT, request_serializer=None, response_deserializer=None) for c in opened]
+        for channel in opened:
+            await channel.channel_ready()
 
         async def worker(n: int) -> None:
             nonlocal acked, calls
             i = n
+            call = calls_by_channel[n % len(calls_by_channel)]
             while not stop:
                 t0 = time.perf_counter()
                 try:
@@ -185,6 +198,9 @@ async def load(port: int, bodies: list[bytes], batch: int, concurrency: int, war
         elapsed = time.perf_counter() - started
         stop = True
         await asyncio.gather(*tasks)
+    finally:
+        for channel in opened:
+            await channel.close()
     latencies.sort()
 
     def pct(q: float) -> float:
@@ -205,7 +221,9 @@ def measure(procs: Procs, argv: list[str], name: str, port: int, ready_port: int
         wait_port(ready_port, 30, proc)
         wait_port(port, 30, proc)
         cpu0 = cpu_seconds(proc.pid)
-        result = asyncio.run(load(port, bodies, args.batch, args.concurrency, args.warmup, args.duration))
+        result = asyncio.run(
+            load(port, bodies, args.batch, args.concurrency, args.warmup, args.duration, args.channels)
+        )
         result["server_cpu_pct"] = round((cpu_seconds(proc.pid) - cpu0) / (args.warmup + args.duration) * 100, 1)
         if name.startswith("collector"):
             metrics = http_get(f"http://127.0.0.1:{ready_port}/metrics").decode()
@@ -235,7 +253,13 @@ def run(args: argparse.Namespace) -> dict:
             config = work / f"collector-{r}.yaml"
             mapping = "\n".join("      " + line for line in MAPPING.splitlines())
             config.write_text(
-                CONFIG.format(grpc_port=grpc_port, admin_port=admin_port, storage=work / f"data-{r}", mapping=mapping),
+                CONFIG.format(
+                    grpc_port=grpc_port,
+                    admin_port=admin_port,
+                    storage=work / f"data-{r}",
+                    mapping=mapping,
+                    workers=args.workers,
+                ),
                 encoding="utf-8",
             )
             argv = [*collector_exe(), "run", "-c", str(config)]
@@ -251,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median kept)")
     p.add_argument("--concurrency", type=int, default=8, help="Export calls in flight")
     p.add_argument("--batch", type=int, default=512, help="log records per request")
+    p.add_argument("--channels", type=int, default=1, help="gRPC connections the calls are spread over")
+    p.add_argument("--workers", type=int, default=1, help="service.workers of the collector")
     args = p.parse_args([] if argv is None else argv)
     started = time.monotonic()
     detail = run(args)
@@ -262,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": round(rate / base, 3) if base else 0.0,
         "batch": args.batch,
         "concurrency": args.concurrency,
+        "channels": args.channels,
+        "workers": args.workers,
         "elapsed_s": round(time.monotonic() - started, 1),
         "rounds": detail["rounds"],
     }
@@ -277,7 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"errors {c['errors']} enqueued {c.get('enqueued_events')}; baseline {b['records_per_s']:,.0f}/s "
             f"p50 {b['latency_ms']['p50']} ms CPU {b['server_cpu_pct']}%"
         )
-    print(f"({args.batch} records per request, {args.concurrency} in flight; {result['elapsed_s']} s)")
+    print(
+        f"({args.batch} records per request, {args.concurrency} in flight on {args.channels} connection(s), "
+        f"workers: {args.workers}; {result['elapsed_s']} s)"
+    )
     return result
 
 

@@ -378,3 +378,16 @@ def test_the_service_monitor_scrapes_each_pod_once(tmp_path: Path) -> None:
     services = [d for d in docs if d["kind"] == "Service"]
     assert len(services) == 2
     assert [s["metadata"]["name"] for s in services if selected(s["metadata"]["labels"])] == ["rel-collector"]
+
+
+def test_workers_and_replicas_scale_out_each_with_its_own_volume(tmp_path: Path) -> None:
+    """`workers` reaches the collector (and passes `collector validate`); several replicas with storage get
+    one volume each (volumeClaimTemplates), which is how the collector scales beyond one node."""
+    values = merge(PRESETS["http-server"], {"storage": {"enabled": True}, "replicaCount": 3, "workers": "auto"})
+    docs = render(values, tmp_path)
+    sts = one(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["data"]
+    assert not any(v.get("persistentVolumeClaim") for v in sts["spec"]["template"]["spec"].get("volumes", []))
+    assert pod_env(docs, {})["COLLECTOR_WORKERS"] == "auto"
+    collector_view(docs, tmp_path)  # the real `collector validate` accepts it
