@@ -24,18 +24,17 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from deploy.dockerfile import Dockerfile, Stage, parse
 
 from support.collector_proc import free_port, read_queue_ids
 from support.fake_openmeter import FakeOpenMeter
+from support.smoke import post_events, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "contrib" / "docker" / "Dockerfile"
@@ -199,17 +198,6 @@ def _image_env(final: Stage, *, venv_bin: Path, data: Path, home: Path) -> dict[
     return env
 
 
-def _post(url: str, events: list[dict[str, Any]], token: str) -> int:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(events).encode(),
-        headers={"Content-Type": "application/cloudevents-batch+json", "Authorization": f"Bearer {token}"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return int(resp.status)
-
-
 def _started(admin_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/health", timeout=1) as resp:
@@ -222,15 +210,6 @@ def _started(admin_port: int) -> bool:
         return bool(json.loads(body).get("started_at"))
     except ValueError:
         return False
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout}s\n{log.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -340,16 +319,16 @@ def test_replayed_image_runs_read_only_and_drains_on_sigterm(
                     preexec_fn=_drop_to(ids),
                 )
                 try:
-                    _wait(lambda: proc.poll() is not None or health() == 0, 30, "HEALTHCHECK passes", log)
+                    wait_until(lambda: proc.poll() is not None or health() == 0, 30, "HEALTHCHECK passes", log)
                     assert proc.poll() is None, log.read_text()
                     # /ping answers as soon as the admin server is up; the receivers listen once /health says started.
-                    _wait(lambda: _started(admin_port), 30, "service started (/health)", log)
+                    wait_until(lambda: _started(admin_port), 30, "service started (/health)", log)
                     events = [
                         {"specversion": "1.0", "id": f"img-{i}", "source": "image-test", "type": "api-calls",
                          "subject": "customer-1", "time": "2026-01-01T00:00:00Z", "data": {"n": i}}
                         for i in range(3)
                     ]  # fmt: skip
-                    assert _post(f"http://127.0.0.1:{receiver_port}/api/v1/events", events, INGEST_TOKEN) == 204
+                    assert post_events(f"http://127.0.0.1:{receiver_port}/api/v1/events", events, INGEST_TOKEN) == 204
                     proc.send_signal(signal.SIGTERM)
                     assert proc.wait(timeout=30) == 0, log.read_text()
                 finally:

@@ -14,10 +14,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ import pytest
 from collector.durations import parse_duration
 from support.collector_proc import free_port
 from support.fake_openmeter import FakeOpenMeter
+from support.smoke import post_events, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "contrib" / "systemd" / "collector.service"
@@ -119,15 +118,6 @@ def test_stop_timeout_outlasts_the_drain(unit: dict[str, dict[str, list[str]]]) 
     assert stop > drain, "systemd would SIGKILL the collector in the middle of its drain"
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout}s\n{log.read_text(errors='replace')[-3000:]}")
-
-
 def test_collector_keeps_its_queue_in_the_state_directory(
     unit: dict[str, dict[str, list[str]]], tmp_path: Path
 ) -> None:
@@ -161,19 +151,12 @@ def test_collector_keeps_its_queue_in_the_state_directory(
                 except (OSError, ValueError):
                     return False
 
-            _wait(started, 30, "service started (/health)", log)
+            wait_until(started, 30, "service started (/health)", log)
             event = {"specversion": "1.0", "id": "unit-1", "source": "systemd-test", "type": "t", "subject": "s"}
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{receiver}/api/v1/events",
-                data=json.dumps(event).encode(),
-                headers={"Content-Type": "application/cloudevents+json"},
-                method="POST",
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                assert resp.status == 204
+            assert post_events(f"http://127.0.0.1:{receiver}/api/v1/events", event) == 204
             fake.wait_for_ids_sync({("systemd-test", "unit-1")}, timeout=15)
             proc.send_signal(signal.SIGHUP)  # ExecReload=
-            _wait(lambda: "reloading configuration" in log.read_text(errors="replace"), 15, "SIGHUP reload", log)
+            wait_until(lambda: "reloading configuration" in log.read_text(errors="replace"), 15, "SIGHUP reload", log)
             proc.send_signal(signal.SIGTERM)  # KillSignal=
             assert proc.wait(timeout=40) == 0, log.read_text()
         finally:

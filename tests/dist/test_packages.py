@@ -22,6 +22,7 @@ from pathlib import Path
 
 from support.collector_proc import free_port
 from support.dist import DISTRIBUTIONS, REPO
+from support.smoke import post_events
 
 ROOT_LICENSE = (REPO / "LICENSE").read_bytes()
 PLUGINS = ("kubernetes", "otlp", "prometheus", "runai", "s3")
@@ -191,14 +192,7 @@ def test_installed_collector_runs_the_embedded_default_and_stops_on_sigterm(
         assert len(build) == 1 and 'version="0.2.0"' in build[0] and build[0].endswith(" 1.0"), build
         assert all(f"collector-plugin-{p}=0.2.0" in build[0] for p in PLUGINS), build
         event = {"specversion": "1.0", "id": "smoke-1", "source": "pip", "type": "api-call", "subject": "c-1"}
-        req = urllib.request.Request(
-            f"http://{http}/api/v1/events",
-            data=json.dumps(event).encode(),
-            headers={"Content-Type": "application/cloudevents+json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert r.status == 204
+        assert post_events(f"http://{http}/api/v1/events", event) == 204
         deadline = time.monotonic() + 20
         while '"smoke-1"' not in out_path.read_text():  # the debug exporter prints the delivered event
             assert time.monotonic() < deadline, f"event not delivered to stdout:\n{out_path.read_text()}"

@@ -184,40 +184,29 @@ def test_dead_letters_of_every_shard_are_listed_and_ids_need_a_worker(tmp_path: 
             proc.wait_drained(timeout=30)
             assert proc.stop() == 0
 
-        cli = [*collector_command(), "dlq"]
-        listed = subprocess.run(
-            [*cli, "list", "-c", str(proc.config_path), "--json", "--limit", "1000"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        rows = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+        def dlq(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*collector_command(), "dlq", *args, "-c", str(proc.config_path)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        def listed() -> list[dict[str, Any]]:
+            out = dlq("list", "--json", "--limit", "1000")
+            assert out.returncode == 0, out.stderr
+            return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+        rows = listed()
         assert {r["event"]["id"] for r in rows} == poison
         shards = {r["exporter"] for r in rows}
         assert shards == {f"{EXPORTER_ID} (worker 1)", f"{EXPORTER_ID} (worker 2)"}, shards
 
-        ambiguous = subprocess.run(
-            [*cli, "drop", "-c", str(proc.config_path), "--ids", "1"], capture_output=True, text=True, timeout=60
-        )
+        ambiguous = dlq("drop", "--ids", "1")
         assert ambiguous.returncode == 2 and "--worker" in ambiguous.stderr
-        dropped = subprocess.run(
-            [*cli, "drop", "-c", str(proc.config_path), "--worker", "2", "--all"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        assert f"{EXPORTER_ID} (worker 2): dropped" in dropped.stdout
-        after = subprocess.run(
-            [*cli, "list", "-c", str(proc.config_path), "--json", "--limit", "1000"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        left = {json.loads(line)["exporter"] for line in after.stdout.splitlines() if line.startswith("{")}
-        assert left == {f"{EXPORTER_ID} (worker 1)"}
+        dropped = dlq("drop", "--worker", "2", "--all")
+        assert dropped.returncode == 0 and f"{EXPORTER_ID} (worker 2): dropped" in dropped.stdout
+        assert {r["exporter"] for r in listed()} == {f"{EXPORTER_ID} (worker 1)"}
 
 
 def test_a_port_of_zero_and_a_single_process_processor_are_refused(tmp_path: Path) -> None:
