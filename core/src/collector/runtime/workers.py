@@ -207,8 +207,14 @@ class WorkerPool:
         ran = time.monotonic() - worker.started_at
         attempt = 0 if ran >= _STABLE_AFTER_S else worker.restarts
         delay = _RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)]
+        await self._close_channel(worker)
+        # Wait first: a Ctrl-C reaches the whole process group, so a worker may exit just before
+        # the primary starts stopping; that is not a crash to report.
+        await asyncio.sleep(delay)
+        if self._closing or self.workers.get(worker.index) is not worker:
+            return
         log.error(
-            "worker %d (pid %s) exited with status %s after %.0f s; starting it again in %.1f s "
+            "worker %d (pid %s) exited with status %s after %.0f s; started again after %.1f s "
             "(its shard keeps what it had committed)",
             worker.index,
             worker.pid,
@@ -216,10 +222,6 @@ class WorkerPool:
             ran,
             delay,
         )
-        await self._close_channel(worker)
-        await asyncio.sleep(delay)
-        if self._closing or self.workers.get(worker.index) is not worker:
-            return
         worker.restarts += 1
         self._restarts.labels(worker=str(worker.index)).inc()
         try:
