@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,8 +47,9 @@ from collector.backoff import Backoff
 from collector.clock import sleep_until_woken
 from collector.components import ConfigT, Meta, Receiver
 from collector.durations import Duration, format_duration
-from collector.errors import ConfigError
+from collector.errors import ConfigError, RetryableError
 from collector.events import format_time, stable_id
+from collector.mapping import CompiledMapping
 
 WATERMARKS = "watermark"
 
@@ -195,6 +196,8 @@ class PullReceiver(Receiver[ConfigT]):
     """
 
     source: str = "collector"
+    #: the receiver's ``mapping`` setting, compiled (None: the receiver's default events); see window_event()
+    mapping: CompiledMapping | None = None
     # False for `collector backfill`, which drives run_window() itself and
     # must not start the schedule loop (nor touch the live watermark).
     autorun: bool = True
@@ -234,6 +237,37 @@ class PullReceiver(Receiver[ConfigT]):
     def event_id(self, window: Window, *natural_key: Any) -> str:
         """Deterministic id: source, the record's natural key, the window start."""
         return stable_id(self.source, *natural_key, window.start_time)
+
+    def window_event(
+        self,
+        window: Window,
+        meta: Meta,
+        record: dict[str, Any],
+        *,
+        event_type: str,
+        key: tuple[Any, ...],
+        describe: Callable[[dict[str, Any]], str],
+    ) -> dict[str, Any] | None:
+        """The event for one ``record`` of ``window``, stamped with the window's start and the id of ``key``.
+
+        Without :attr:`mapping`: the receiver's default event, with ``record["subject"]`` and
+        ``record["data"]`` (None when the record has no subject: it is not billed).  With one: what the
+        mapping makes of the record, the same fields filling what it leaves out; a mapping that fails
+        raises :class:`RetryableError` naming the record (``describe(record)``, asked only then), so the
+        window is tried again.
+        """
+        event_id = self.event_id(window, *key)
+        if self.mapping is None:
+            if record["subject"] is None:
+                return None
+            return {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
+                    "subject": record["subject"], "time": window.start_time, "data": record["data"]}  # fmt: skip
+        defaults = {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
+                    "time": window.start_time}  # fmt: skip
+        try:
+            return self.mapping.to_event(record, meta, defaults)
+        except ValueError as exc:
+            raise RetryableError(f"receiver {self.id}: mapping of {describe(record)} {exc}") from None
 
     # -- state ---------------------------------------------------------------------
 

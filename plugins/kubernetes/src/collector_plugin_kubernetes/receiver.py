@@ -270,7 +270,14 @@ class KubernetesReceiver(PullReceiver[KubernetesReceiverConfig]):
                 records.append(self._capacity_record(resource, obj, seconds))
         events: list[Any] = []
         for record in records:
-            event = self._event(record, window, meta)
+            event = self.window_event(
+                window,
+                meta,
+                record,
+                event_type=f"kubernetes_{record['kind']}",
+                key=(record["kind"], record["uid"]),
+                describe=_describe,
+            )
             if event is None:
                 if record["subject"] is None and self.mapping is None:
                     unbilled.setdefault(record["kind"], []).append(_name(record))
@@ -397,20 +404,9 @@ class KubernetesReceiver(PullReceiver[KubernetesReceiverConfig]):
             "data": data,
         }
 
-    def _event(self, record: dict[str, Any], window: Window, meta: Meta) -> dict[str, Any] | None:
-        event_id = self.event_id(window, record["kind"], record["uid"])
-        event_type = f"kubernetes_{record['kind']}"
-        if self.mapping is None:
-            if record["subject"] is None:
-                return None
-            return {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
-                    "subject": record["subject"], "time": window.start_time, "data": record["data"]}  # fmt: skip
-        defaults = {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
-                    "time": window.start_time}  # fmt: skip
-        try:
-            return self.mapping.to_event(record, meta, defaults)
-        except ValueError as exc:
-            raise RetryableError(f"receiver {self.id}: mapping of {record['kind']} {_name(record)} {exc}") from None
+
+def _describe(record: dict[str, Any]) -> str:
+    return f"{record['kind']} {_name(record)}"
 
 
 def _name(record: dict[str, Any]) -> str:

@@ -188,7 +188,14 @@ class RunaiReceiver(PullReceiver[RunaiReceiverConfig]):
             record = self._record(kind, obj, by_id, series, window)
             if record is None:
                 continue
-            event = self._event(record, window, meta)
+            event = self.window_event(
+                window,
+                meta,
+                record,
+                event_type=f"runai_{record['kind']}",
+                key=(record["kind"], record["id"]),
+                describe=_describe,
+            )
             if event is None:
                 if record["subject"] is None and self.mapping is None:
                     unbilled[kind] = unbilled.get(kind, 0) + 1
@@ -255,20 +262,9 @@ class RunaiReceiver(PullReceiver[RunaiReceiverConfig]):
         return {"kind": kind, "id": str(obj.get("id")), "subject": subject or None, "phase": phase,
                 "missing": missing, "data": data}  # fmt: skip
 
-    def _event(self, record: dict[str, Any], window: Window, meta: Meta) -> dict[str, Any] | None:
-        event_id = self.event_id(window, record["kind"], record["id"])
-        event_type = f"runai_{record['kind']}"
-        if self.mapping is None:
-            if record["subject"] is None:
-                return None
-            return {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
-                    "subject": record["subject"], "time": window.start_time, "data": record["data"]}  # fmt: skip
-        defaults = {"specversion": "1.0", "id": event_id, "source": self.source, "type": event_type,
-                    "time": window.start_time}  # fmt: skip
-        try:
-            return self.mapping.to_event(record, meta, defaults)
-        except ValueError as exc:
-            raise RetryableError(f"receiver {self.id}: mapping of {record['kind']} {record['id']} {exc}") from None
+
+def _describe(record: dict[str, Any]) -> str:
+    return f"{record['kind']} {record['id']}"
 
 
 def _alive_in(obj: dict[str, Any], window: Window) -> bool:
