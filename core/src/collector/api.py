@@ -25,7 +25,7 @@ import typing
 
 from collector.auth import AuthConfig, BearerAuth
 from collector.backoff import Backoff
-from collector.clock import Clock, FakeClock, SystemClock, sleep_until_woken, utcnow
+from collector.clock import Clock, FakeClock, SystemClock, finish_task, sleep_until_woken, utcnow
 from collector.components import (
     Acceptance,
     Batch,
@@ -194,6 +194,7 @@ __all__ = [
     "check_http_url",
     "compile_expression",
     "fill_defaults",
+    "finish_task",
     "format_duration",
     "format_size",
     "format_time",

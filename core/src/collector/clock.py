@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -43,6 +43,18 @@ async def sleep_until_woken(clock: Clock, seconds: float, wake: asyncio.Event) -
     await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
     sleeper.cancel()
     waker.cancel()
+
+
+async def finish_task(task: asyncio.Task[Any], grace: float) -> None:
+    """Let a component's background ``task`` (told to stop already) finish for up to ``grace`` seconds,
+    then cancel it and wait until it has ended: a batch being committed completes (its watermark or
+    checkpoint is saved), a read in progress is abandoned and done again next time.
+    """
+    try:
+        await asyncio.wait_for(asyncio.shield(task), grace)
+    except TimeoutError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 class SystemClock:

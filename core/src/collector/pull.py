@@ -44,7 +44,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collector.backoff import Backoff
-from collector.clock import sleep_until_woken
+from collector.clock import finish_task, sleep_until_woken
 from collector.components import ConfigT, Meta, Receiver
 from collector.durations import Duration, format_duration
 from collector.errors import ConfigError, RetryableError
@@ -323,11 +323,7 @@ class PullReceiver(Receiver[ConfigT]):
         if self._task is not None:
             # A window being committed finishes (its watermark is saved);
             # a collection in progress is abandoned and redone next time.
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+            await finish_task(self._task, 5.0)
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None

@@ -37,6 +37,7 @@ from collector.api import (
     Receiver,
     StateStore,
     compile_expression,
+    finish_task,
     format_time,
     sleep_until_woken,
     stable_id,
@@ -120,11 +121,7 @@ class S3Receiver(Receiver[S3ReceiverConfig]):
         if self._task is not None:
             # A batch being committed finishes (its checkpoint is saved); a read in progress is
             # abandoned and resumed from the checkpoint next time.
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+            await finish_task(self._task, 5.0)
         if self._store is not None:
             store, self._store = self._store, None
             await asyncio.to_thread(store.close)
