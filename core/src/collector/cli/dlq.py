@@ -35,14 +35,18 @@ from collector.telemetry import REDACTOR
 CHUNK = 1000
 
 
+def _require(loaded: LoadedConfig, kind: str, cid: str) -> None:
+    """Exit 2 naming the configured ones when the configuration has no ``kind`` ``cid``."""
+    if (kind, cid) not in loaded.components:
+        have = ", ".join(c for (k, c) in loaded.components if k == kind) or "none"
+        print(f"error: no {kind} {cid!r} in the configuration (have: {have})", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _exporters(args: argparse.Namespace, loaded: LoadedConfig) -> list[str]:
     ids = [cid for (kind, cid) in loaded.components if kind == "exporter"]
     if args.exporter:
-        if args.exporter not in ids:
-            print(
-                f"error: no exporter {args.exporter!r} in the configuration (have: {', '.join(ids)})", file=sys.stderr
-            )
-            raise SystemExit(2)
+        _require(loaded, "exporter", args.exporter)
         return [args.exporter]
     return ids
 
@@ -91,10 +95,7 @@ def _check_ids(args: argparse.Namespace, stores: list[tuple[str, DeadLetterStore
 def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[str, DeadLetterStore]]:
     """Dead letters of a processor (on_error: dead_letter), one store per pipeline it is in."""
     pid = args.processor
-    if ("processor", pid) not in loaded.components:
-        have = ", ".join(cid for (k, cid) in loaded.components if k == "processor") or "none"
-        print(f"error: no processor {pid!r} in the configuration (have: {have})", file=sys.stderr)
-        raise SystemExit(2)
+    _require(loaded, "processor", pid)
     out = []
     for worker, layout in _layouts(args, loaded):
         for name, pipe in loaded.raw.service.pipelines.items():
@@ -108,10 +109,7 @@ def _processor_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tu
 def _receiver_stores(args: argparse.Namespace, loaded: LoadedConfig) -> list[tuple[str, DeadLetterStore]]:
     """Dead letters of a receiver (input it read but could not turn into events)."""
     rid = args.receiver
-    if ("receiver", rid) not in loaded.components:
-        have = ", ".join(cid for (k, cid) in loaded.components if k == "receiver") or "none"
-        print(f"error: no receiver {rid!r} in the configuration (have: {have})", file=sys.stderr)
-        raise SystemExit(2)
+    _require(loaded, "receiver", rid)
     out = []
     for worker, layout in _layouts(args, loaded):
         path = deadletters_in(layout.receiver_dir(rid))
