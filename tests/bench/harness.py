@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -171,10 +172,57 @@ def tree_cpu_seconds(pid: int) -> float:
 def machine_cpu_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
     with open("/proc/stat", encoding="ascii") as fh:
-        ticks = [int(x) for x in fh.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal; guest time is already in user and nice
+        ticks = [int(x) for x in fh.readline().split()[1:9]]
     hz = os.sysconf("SC_CLK_TCK")
-    idle = ticks[3] + ticks[4]  # idle + iowait
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
     return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+class LineServer:
+    """A helper process a benchmark drives over its stdin and stdout (a fake, moto): it answers each
+    request with one JSON line, and ``quit`` (or the end of its stdin) ends it; else it is killed."""
+
+    #: how the helper is named in the error when it does not answer
+    name = "the helper process"
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def line(self, timeout: float, what: str) -> dict[str, Any]:
+        """Its next answer; a helper silent for ``timeout`` seconds is killed (so readline() returns)."""
+        assert self.proc.stdout is not None
+        killer = threading.Timer(timeout, self.proc.kill)
+        killer.start()
+        try:
+            line = self.proc.stdout.readline()
+        finally:
+            killer.cancel()
+        if not line:
+            self.proc.wait(10)
+            raise SystemExit(f"{self.name} did not {what} (exit status {self.proc.returncode})")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def ask(self, request: str, timeout: float, what: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return self.line(timeout, what)
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def machine_busy_pct(seconds: float = 1.0) -> float:

@@ -41,10 +41,8 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ _BENCH = Path(__file__).resolve().parents[3] / "tests" / "bench"  # the shared s
 if str(_BENCH) not in sys.path:
     sys.path.insert(0, str(_BENCH))
 
+from harness import LineServer, machine_cpu_seconds  # noqa: E402
 from ratio_table import print_summary, row  # noqa: E402
 
 WINDOW = 60.0
@@ -99,21 +98,6 @@ def kind_of(i: int) -> str:
 
 
 # --- CPU accounting ----------------------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` used so far, from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine spent busy so far (all CPUs, from /proc/stat)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
-    return (sum(parts[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # --- role: the fake control plane ----------------------------------------------------------------------
@@ -183,55 +167,30 @@ async def serve(args: argparse.Namespace) -> None:
     await fake.stop()
 
 
-class Server:
+class Server(LineServer):
     """The fake's process: start, ask for its stats, stop (by its PID)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--role",
-            "server",
-            "--workloads",
-            str(args.workloads),
-            "--metrics",
-            str(args.metrics),
-            "--t0",
-            repr(args.t0),
-        ]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = self._line(120, "start")
+    name = "the fake Run:ai"
 
-    def _line(self, timeout: float, what: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        killer = threading.Timer(timeout, self.proc.kill)  # a hung fake is killed, so readline() returns
-        killer.start()
-        try:
-            line = self.proc.stdout.readline()
-        finally:
-            killer.cancel()
-        if not line:
-            self.proc.wait(10)
-            raise SystemExit(f"the fake Run:ai did not {what} (exit status {self.proc.returncode})")
-        result: dict[str, Any] = json.loads(line)
-        return result
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--role",
+                "server",
+                "--workloads",
+                str(args.workloads),
+                "--metrics",
+                str(args.metrics),
+                "--t0",
+                repr(args.t0),
+            ]
+        )
+        self.info = self.line(120, "start")
 
     def stats(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        return self._line(30, "answer stats")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(10)
+        return self.ask("stats", 30, "answer stats")
 
 
 class Measure:
@@ -242,13 +201,13 @@ class Measure:
 
     def __enter__(self) -> Measure:
         self._stats = self.server.stats()
-        self._busy, self._cpu, self._wall = machine_busy_s(), time.process_time(), time.perf_counter()
+        self._busy, self._cpu, self._wall = machine_cpu_seconds()[0], time.process_time(), time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.perf_counter() - self._wall
         self.client_cpu_s = time.process_time() - self._cpu
-        busy = machine_busy_s() - self._busy
+        busy = machine_cpu_seconds()[0] - self._busy
         stats = self.server.stats()
         self.fake_requests = stats["requests"] - self._stats["requests"]
         self.fake_cpu_s = stats["cpu_s"] - self._stats["cpu_s"]

@@ -35,10 +35,8 @@ import gzip
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +46,7 @@ _BENCH = Path(__file__).resolve().parents[3] / "tests" / "bench"  # the shared s
 if str(_BENCH) not in sys.path:
     sys.path.insert(0, str(_BENCH))
 
+from harness import LineServer, cpu_seconds, machine_cpu_seconds  # noqa: E402
 from ratio_table import print_summary, row  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
@@ -73,21 +72,6 @@ def record(n: int) -> bytes:
 # --- CPU accounting ----------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` used so far, from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine spent busy so far (all CPUs, from /proc/stat)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
-    return (sum(parts[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 # --- role: moto's server -------------------------------------------------------------------------------
 
 
@@ -105,41 +89,14 @@ def serve() -> None:
                 break
 
 
-class Server:
+class Server(LineServer):
     """moto's process: start, ask for its CPU, stop (by its PID)."""
 
+    name = "moto's server"
+
     def __init__(self) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "server"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.endpoint: str = self._line(60, "start")["endpoint"]
-
-    def _line(self, timeout: float, what: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        killer = threading.Timer(timeout, self.proc.kill)  # a hung server is killed, so readline() returns
-        killer.start()
-        try:
-            line = self.proc.stdout.readline()
-        finally:
-            killer.cancel()
-        if not line:
-            self.proc.wait(10)
-            raise SystemExit(f"moto's server did not {what} (exit status {self.proc.returncode})")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def cpu_s(self) -> float:
-        return proc_cpu_s(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(10)
+        super().__init__([sys.executable, str(Path(__file__).resolve()), "--role", "server"])
+        self.endpoint: str = self.line(60, "start")["endpoint"]
 
 
 class Measure:
@@ -149,15 +106,15 @@ class Measure:
         self.server = server
 
     def __enter__(self) -> Measure:
-        self._busy, self._mine, self._moto = machine_busy_s(), proc_cpu_s(os.getpid()), self.server.cpu_s()
+        self._busy, self._mine, self._moto = machine_cpu_seconds()[0], cpu_seconds(os.getpid()), self.server.cpu_s()
         self._t = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.perf_counter() - self._t
-        self.client_cpu_s = proc_cpu_s(os.getpid()) - self._mine
+        self.client_cpu_s = cpu_seconds(os.getpid()) - self._mine
         self.moto_cpu_s = self.server.cpu_s() - self._moto
-        self.others_cpu_s = max(0.0, machine_busy_s() - self._busy - self.client_cpu_s - self.moto_cpu_s)
+        self.others_cpu_s = max(0.0, machine_cpu_seconds()[0] - self._busy - self.client_cpu_s - self.moto_cpu_s)
 
     def figures(self, records: int) -> dict[str, Any]:
         return {
