@@ -115,6 +115,10 @@ class WorkerPool:
         if failures:
             await self.stop(10.0)
             raise WorkerStartError(str(failures[0]))
+        for index in self.workers:
+            watcher = asyncio.create_task(self._watch(index))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
         log.info(
             "%d worker processes serve the push receivers (pids %s)",
             self.count,
@@ -169,9 +173,6 @@ class WorkerPool:
         worker.state = "running"
         worker.started_at = time.monotonic()
         self._up.set(self.running())
-        watcher = asyncio.create_task(self._watch(worker))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
 
     async def _read(self, worker: Worker, reader: asyncio.StreamReader) -> None:
         """Dispatch the worker's lines: its start-up answer, then scrape replies."""
@@ -195,52 +196,40 @@ class WorkerPool:
                     future.set_exception(ConnectionError(f"worker {worker.index} went away"))
             worker._replies.clear()
 
-    async def _watch(self, worker: Worker) -> None:
-        """Start a worker that died again, on the same shard, after a growing back-off."""
-        assert worker.process is not None
-        code = await worker.process.wait()
-        if worker.state != "running" or self._closing:
-            return
-        worker.last_exit = code
-        worker.state = "restarting"
-        self._up.set(self.running())
-        ran = time.monotonic() - worker.started_at
-        attempt = 0 if ran >= _STABLE_AFTER_S else worker.restarts
-        delay = _RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)]
-        await self._close_channel(worker)
-        # Wait first: a Ctrl-C reaches the whole process group, so a worker may exit just before
-        # the primary starts stopping; that is not a crash to report.
-        await asyncio.sleep(delay)
-        if self._closing or self.workers.get(worker.index) is not worker:
-            return
-        log.error(
-            "worker %d (pid %s) exited with status %s after %.0f s; started again after %.1f s "
-            "(its shard keeps what it had committed)",
-            worker.index,
-            worker.pid,
-            code,
-            ran,
-            delay,
-        )
-        worker.restarts += 1
-        self._restarts.labels(worker=str(worker.index)).inc()
-        try:
-            await self._start_worker(Worker(worker.index, restarts=worker.restarts))
-        except WorkerStartError as exc:
-            log.error("worker %d could not be started again: %s", worker.index, exc)
-            replacement = self.workers[worker.index]
-            replacement.state = "running"  # so that its watcher-less death is retried below
-            replacement.started_at = time.monotonic()
-            if not self._closing:
-                retry = asyncio.create_task(self._watch_failed(replacement))
-                self._watchers.add(retry)
-                retry.add_done_callback(self._watchers.discard)
-
-    async def _watch_failed(self, worker: Worker) -> None:
-        if worker.process is not None:
-            await worker.process.wait()
-        worker.state = "running"
-        await self._watch(worker)
+    async def _watch(self, index: int) -> None:
+        """Start worker ``index`` again each time it dies, on the same shard, after a back-off that grows
+        while it keeps dying (a start that fails counts as dying at once)."""
+        while not self._closing:
+            worker = self.workers[index]
+            code = await worker.process.wait() if worker.process is not None else None
+            if self._closing:
+                return
+            worker.last_exit = code
+            worker.state = "restarting"
+            self._up.set(self.running())
+            ran = time.monotonic() - worker.started_at
+            attempt = 0 if ran >= _STABLE_AFTER_S else worker.restarts
+            delay = _RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)]
+            await self._close_channel(worker)
+            # Wait first: a Ctrl-C reaches the whole process group, so a worker may exit just before
+            # the primary starts stopping; that is not a crash to report.
+            await asyncio.sleep(delay)
+            if self._closing:
+                return
+            log.error(
+                "worker %d (pid %s) exited with status %s after %.0f s; started again after %.1f s "
+                "(its shard keeps what it had committed)",
+                index,
+                worker.pid,
+                code,
+                ran,
+                delay,
+            )
+            self._restarts.labels(worker=str(index)).inc()
+            try:
+                await self._start_worker(Worker(index, restarts=worker.restarts + 1, started_at=time.monotonic()))
+            except (WorkerStartError, OSError) as exc:
+                log.error("worker %d could not be started again: %s", index, exc)
 
     async def _stop_worker(self, worker: Worker, timeout: float) -> None:
         if worker.process is None or worker.process.returncode is not None:
