@@ -31,8 +31,10 @@ __all__ = [
     "MAX_DEPTH",
     "OPENMETER",
     "STABLE_ID_NAMESPACE",
+    "EncodedEvents",
     "EventRules",
     "a_json_type",
+    "encoding_of",
     "fill_defaults",
     "format_time",
     "quote_value",
@@ -564,6 +566,82 @@ def fill_defaults(event: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     if time_missing:
         out["time"] = format_time(now)
     return out
+
+
+class EncodedEvents(list[Any]):
+    """A list of events that also carries their JSON encoding, as the client sent it.
+
+    ``encoded`` is the inside of a JSON array of exactly these events (``ev1,ev2``,
+    whitespace allowed), or None.  The http receiver makes one when the pipeline
+    gets the events exactly as they were posted (no default filled in); the
+    durable queue then stores those bytes instead of serialising every event
+    again (1/3 of the queue writer's time with 100-event requests).  It is a
+    real list, so every other consumer sees the events themselves; changing
+    the list drops the encoding.  The events must not be changed in place
+    after they are emitted (that was already so: the queue serialises later).
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, events: Iterable[Any], encoded: bytes | None) -> None:
+        super().__init__(events)
+        self.encoded = encoded
+
+    def _changed(self) -> None:
+        self.encoded = None
+
+    def __setitem__(self, *args: Any) -> None:
+        self._changed()
+        super().__setitem__(*args)
+
+    def __delitem__(self, *args: Any) -> None:
+        self._changed()
+        super().__delitem__(*args)
+
+    def __iadd__(self, other: Iterable[Any]) -> EncodedEvents:  # type: ignore[override,misc]
+        self._changed()
+        return super().__iadd__(other)  # type: ignore[return-value]
+
+    def __imul__(self, n: Any) -> EncodedEvents:  # type: ignore[override,misc]
+        self._changed()
+        return super().__imul__(n)  # type: ignore[return-value]
+
+    def append(self, value: Any) -> None:
+        self._changed()
+        super().append(value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        self._changed()
+        super().extend(values)
+
+    def insert(self, index: Any, value: Any) -> None:
+        self._changed()
+        super().insert(index, value)
+
+    def pop(self, index: Any = -1) -> Any:
+        self._changed()
+        return super().pop(index)
+
+    def remove(self, value: Any) -> None:
+        self._changed()
+        super().remove(value)
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        self._changed()
+        super().sort(*args, **kwargs)
+
+    def reverse(self) -> None:
+        self._changed()
+        super().reverse()
+
+
+def encoding_of(events: list[Any]) -> bytes | None:
+    """The ``encoded`` bytes of an :class:`EncodedEvents`, None for any other list."""
+    return events.encoded if type(events) is EncodedEvents else None
 
 
 # ---------------------------------------------------------------------------

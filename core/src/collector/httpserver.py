@@ -35,14 +35,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from collector import fastpath
 from collector.clock import Clock
+from collector.fastpath import FastRoute
 from collector.serverlimits import (
     LOG_INTERVAL,
     ConnectionGuard,
@@ -51,6 +54,7 @@ from collector.serverlimits import (
     Log,
     ServerLimits,
     Throttle,
+    raw_response,
 )
 
 SUPPORTED_ENCODINGS: tuple[str, ...] = ("gzip", "deflate", "identity")
@@ -65,21 +69,6 @@ def problem_body(status: int, title: str, detail: str) -> tuple[str, bytes]:
     """The default :data:`~collector.serverlimits.ErrorBody`: an RFC 7807 problem document."""
     doc = {"type": "about:blank", "title": title, "status": status, "detail": _shorten(detail, _MAX_DETAIL)}
     return "application/problem+json", orjson.dumps(doc)
-
-
-def raw_response(
-    error_body: ErrorBody, status: int, title: str, detail: str, headers: dict[str, str] | None = None
-) -> bytes:
-    """A complete HTTP/1.1 error response, closing the connection."""
-    content_type, body = error_body(status, title, detail)
-    lines = [
-        f"HTTP/1.1 {status} {title}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 class _GuardedHandler(RequestHandler):
@@ -108,7 +97,7 @@ class _GuardedHandler(RequestHandler):
         guard = self._guard
         if guard.open >= guard.limits.max_connections:
             self._force_close = True  # data_received ignores whatever the client sends
-            assert isinstance(transport, asyncio.Transport)
+            transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
             transport.write(
                 raw_response(
                     self._error_body,
@@ -223,15 +212,15 @@ class _HeaderDeadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._loop = loop
         self._interval = min(1.0, timeout / 4)
-        self._due: dict[_GuardedHandler, float] = {}
+        self._due: dict[_GuardedHandler | fastpath.FastProtocol, float] = {}
         self._sweep: asyncio.TimerHandle | None = None
 
-    def arm(self, handler: _GuardedHandler, deadline: float) -> None:
+    def arm(self, handler: _GuardedHandler | fastpath.FastProtocol, deadline: float) -> None:
         self._due[handler] = deadline
         if self._sweep is None:
             self._sweep = self._loop.call_later(self._interval, self._run)
 
-    def disarm(self, handler: _GuardedHandler) -> None:
+    def disarm(self, handler: _GuardedHandler | fastpath.FastProtocol) -> None:
         self._due.pop(handler, None)
 
     def _run(self) -> None:
@@ -268,8 +257,11 @@ class GuardedSite(web.BaseSite):
         ssl_context: Any = None,
         backlog: int = 1024,
         reuse_port: bool | None = None,
+        fast: FastRoute | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._fast = fast if fastpath.AVAILABLE else None
+        self.fast_connections: set[fastpath.FastProtocol] = set()
         self._reuse_port = reuse_port
         self._host = host
         self._port = port
@@ -277,6 +269,11 @@ class GuardedSite(web.BaseSite):
         self.error_body = error_body
         self.port: int | None = None
         self._deadlines: _HeaderDeadlines | None = None
+
+    def close_fast_connections(self) -> None:
+        """Close the connections still on the fast path (aiohttp closes its own)."""
+        for protocol in list(self.fast_connections):
+            protocol.close()
 
     def stop_sweeping(self) -> None:
         """Cancel the header-deadline sweep (the listener is going away)."""
@@ -298,8 +295,22 @@ class GuardedSite(web.BaseSite):
         guard, error_body = self.guard, self.error_body
         deadlines = self._deadlines = _HeaderDeadlines(loop, guard.limits.header_timeout)
 
-        def factory() -> _GuardedHandler:
+        def aiohttp_handler() -> _GuardedHandler:
             return _GuardedHandler(server, loop=loop, guard=guard, error_body=error_body, deadlines=deadlines, **kwargs)
+
+        factory: Callable[[], asyncio.Protocol] = aiohttp_handler
+        fast, connections = self._fast, self.fast_connections
+        if fast is not None:
+
+            def factory() -> asyncio.Protocol:
+                return fastpath.FastProtocol(
+                    fast,
+                    guard=guard,
+                    deadlines=deadlines,
+                    error_body=error_body,
+                    fallback=aiohttp_handler,
+                    connections=connections,
+                )
 
         self._server = await loop.create_server(
             factory,
@@ -407,8 +418,12 @@ async def start_http_server(
     error_body: ErrorBody | None = None,
     backlog: int = 1024,
     reuse_port: bool = False,
+    fast: FastRoute | None = None,
 ) -> HttpServerHandle:
-    """Serve ``app`` on ``host:port`` (0: a free port) with ``limits``; see ``collector.api.start_http_server``."""
+    """Serve ``app`` on ``host:port`` (0: a free port) with ``limits``; see ``collector.api.start_http_server``.
+
+    ``fast``: requests that are plainly ingest are answered by ``fast.handler`` without aiohttp's request
+    objects (:mod:`collector.fastpath`); everything else by ``app``."""
     runner = web.AppRunner(app, **runner_options(limits, log))
     await runner.setup()
     guard = ConnectionGuard(name, limits, log, clock)
@@ -421,6 +436,7 @@ async def start_http_server(
         ssl_context=ssl,
         backlog=backlog,
         reuse_port=reuse_port or None,
+        fast=fast,
     )
     try:
         await site.start()
@@ -443,6 +459,7 @@ async def start_http_server(
 
     async def cleanup() -> None:
         release()
+        site.close_fast_connections()
         await runner.cleanup()
         site.stop_sweeping()
 

@@ -179,3 +179,18 @@ class HttpServerHandle:
         if not self._stopped:
             self._stopped = True
             await self._cleanup()
+
+
+def raw_response(
+    error_body: ErrorBody, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> bytes:
+    """A complete HTTP/1.1 error response, closing the connection."""
+    content_type, body = error_body(status, title, detail)
+    lines = [
+        f"HTTP/1.1 {status} {title}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

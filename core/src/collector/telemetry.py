@@ -160,6 +160,20 @@ class ExporterGaugeCollector(Collector):
         return [family for family, _ in families]
 
 
+def hot_inc(child: Any) -> Callable[..., None]:
+    """``child.inc`` for a counter updated on every request, without its per-call checks.
+
+    A labelled counter's ``inc`` checks the amount's sign and that the child is
+    observable (~0.3 us) before adding under its lock; the hot paths pass counts
+    that are never negative to a child resolved once, so they add under the
+    lock directly (``_value`` is prometheus-client's, pinned below 1.0;
+    core/tests/test_telemetry.py checks that the exported value moves).
+    """
+    value = getattr(child, "_value", None)
+    add = getattr(value, "inc", None)
+    return add if callable(add) else child.inc
+
+
 class Metrics:
     """Every metric the core records, on one registry."""
 

@@ -19,7 +19,7 @@ from collector.components import Acceptance, Batch, Event, Meta, OutcomeHook, Pr
 from collector.errors import BackpressureError, PermanentError, RecordError
 from collector.events import EventRules, satisfied, strictest
 from collector.runtime.sender import ExporterRunner
-from collector.telemetry import Metrics
+from collector.telemetry import Metrics, hot_inc
 
 log = logging.getLogger("collector.runtime.pipeline")
 
@@ -90,9 +90,8 @@ class Pipeline:
                 return await self.prepare(events, meta, start=start, hooks=own)
             finally:
                 await settle(own, committed=False)
-        rules = self.rules or ()
         run = self.processors[start:]
-        checked = not rules or (meta is not None and bool(meta.satisfies) and self._covered_by(meta.satisfies))
+        checked = self.covers(meta)
         if not run and (not events or checked):
             return events  # nothing to run and nothing to check: no copies
         if meta is None:
@@ -115,6 +114,12 @@ class Pipeline:
         if batch.events and (run or not checked):
             self.check(batch)
         return batch.events
+
+    def covers(self, meta: Meta | None) -> bool:
+        """Whether events that come with ``meta`` need no check against :attr:`rules`."""
+        if not self.rules:
+            return True
+        return meta is not None and bool(meta.satisfies) and self._covered_by(meta.satisfies)
 
     def _covered_by(self, satisfies: frozenset[EventRules]) -> bool:
         """Whether events that satisfy ``satisfies`` need no check here (cached: it runs per request)."""
@@ -199,22 +204,36 @@ class ReceiverFanout:
         self._received = metrics.received.labels(receiver=receiver_id)
         self._accepted = metrics.accepted.labels(receiver=receiver_id)
         self._invalid = metrics.refused.labels(receiver=receiver_id, reason="invalid")
+        self._received_inc = hot_inc(self._received)  # per request: see hot_inc
+        self._accepted_inc = hot_inc(self._accepted)
+        # One pipeline without processors feeding one exporter (the usual ingest setup): a batch whose
+        # rules are already satisfied goes straight to that queue, without the general path's
+        # coroutines per step (about 2 us per request).
+        only = self.pipelines[0] if len(self.pipelines) == 1 else None
+        self._direct = only if only is not None and not only.processors and len(only.exporters) == 1 else None
 
     async def consume(self, events: list[Event], meta: Meta | None = None, *, partial: bool = False) -> Acceptance:
         n = len(events)
-        self._received.inc(n)
+        self._received_inc(n)
         if meta is None:
             meta = self._meta
         elif meta.receiver is None:
             meta = replace(meta, receiver=self.receiver_id)
         if partial:
             return await self._consume_partial(events, meta)
+        direct = self._direct
         try:
-            await self._run(events, meta)
+            if direct is not None and (not events or direct.covers(meta)):
+                if events:
+                    runner = direct.exporters[0]
+                    runner.check_capacity()
+                    await runner.enqueue(events)
+            else:
+                await self._run(events, meta)
         except BaseException as exc:
             self._refused(exc, n)
             raise
-        self._accepted.inc(n)
+        self._accepted_inc(n)
         return Acceptance(n)
 
     async def _run(self, events: list[Event], meta: Meta) -> None:

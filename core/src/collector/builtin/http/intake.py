@@ -173,6 +173,16 @@ def parse_events(body: bytes, content_type: str | None) -> list[Any]:
     raise IntakeError(400, f"the body must be {expected}, got {a_json_type(doc)}")
 
 
+def json_inside(body: bytes) -> bytes:
+    """The encoding of the events in ``body``, which :func:`parse_events` accepted: the inside of its
+    array, or the one object (see :class:`collector.events.EncodedEvents`).
+
+    Only JSON whitespace can surround the document (orjson refuses a BOM or anything else).
+    """
+    doc = body.strip()
+    return doc[1:-1] if doc[:1] == b"[" else doc
+
+
 RAW_MEDIA_TYPES: frozenset[str] = frozenset(
     {JSON_MEDIA_TYPE, "application/x-ndjson", "application/jsonl", "application/jsonlines", "application/json-lines"}
 )

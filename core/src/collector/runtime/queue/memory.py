@@ -12,6 +12,7 @@ import orjson
 
 from collector.clock import Clock, SystemClock
 from collector.errors import BackpressureError
+from collector.events import encoding_of
 from collector.runtime.queue import QueueItem, QueueStats
 
 
@@ -32,7 +33,8 @@ class MemoryQueue:
         pass
 
     async def put(self, events: list[dict[str, Any]]) -> None:
-        size = len(orjson.dumps(events))
+        encoded = encoding_of(events)
+        size = len(encoded) + 2 if encoded is not None else len(orjson.dumps(events))
         with self._cond:
             if self._bytes + size > self.max_bytes and (self._ready or self._claimed):
                 raise BackpressureError(f"queue is full ({self._bytes} of {self.max_bytes} bytes)", retry_after=1.0)

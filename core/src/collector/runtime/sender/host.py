@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from collector.runtime.eventloop import new_loop_like
+
 T = TypeVar("T")
 
 
@@ -34,9 +36,10 @@ class LoopHost:
     async def start(self) -> None:
         """Start the thread and return once its loop runs."""
         ready = threading.Event()
+        like = asyncio.get_running_loop()
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = new_loop_like(like)
             self._loop = loop
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)

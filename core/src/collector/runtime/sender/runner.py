@@ -32,7 +32,7 @@ from collector.runtime.queue import BatchQueue, QueueItem
 from collector.runtime.sender.batching import Batcher, Pending, Tracker
 from collector.runtime.sender.host import LoopHost
 from collector.runtime.sender.retry import Delivery, SenderStats, until_stored
-from collector.telemetry import REDACTOR, ExporterGauges, Metrics
+from collector.telemetry import REDACTOR, ExporterGauges, Metrics, hot_inc
 
 log = logging.getLogger("collector.runtime.sender")
 T = TypeVar("T")
@@ -107,6 +107,8 @@ class ExporterRunner:
         self._buffer_batch_sent = metrics.buffer_batch_sent.labels(**self._labels)
         self._buffer_latency = metrics.buffer_latency_ns.labels(**self._labels)
         self._batch_created = metrics.batch_created.labels(**self._labels)
+        self._enqueued_inc = hot_inc(self._enqueued)  # per request: see hot_inc
+        self._buffer_batch_received_inc = hot_inc(self._buffer_batch_received)
 
     # -- service side (called on the service loop) ------------------------------
 
@@ -121,8 +123,8 @@ class ExporterRunner:
     async def enqueue(self, events: list[Event]) -> None:
         """Commit ``events`` to this exporter's queue (returns after the commit)."""
         await self.queue.put(events)
-        self._enqueued.inc(len(events))
-        self._buffer_batch_received.inc()
+        self._enqueued_inc(len(events))
+        self._buffer_batch_received_inc(1)
 
     def check_capacity(self) -> None:
         """Raise BackpressureError now if the queue would refuse, before any queue commits."""
