@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -96,12 +97,20 @@ def quote_value(value: object, limit: int = 60) -> str:
 _TIME_EXAMPLE = '"2024-05-01T12:00:00Z" or "2024-05-01T14:00:00.250+02:00"'
 
 
+# The shape _rfc3339_problem accepts, with the offset's ranges.  Linear: no nested or adjacent
+# overlapping repetition, so a hostile string costs one pass (re.ASCII: \d is 0-9 only).
+_RFC3339_SHAPE = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII
+)
+
+
 def _rfc3339_problem(s: str) -> str | None:
     """Why ``s`` is not an RFC 3339 date-time OpenMeter accepts; None if it is.
 
-    Shape ``YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`` is checked by
-    position and ``str.isdigit`` on slices (no regex, so no backtracking on
-    hostile input and constant work per character); ranges (month 13, Feb 30,
+    Shape ``YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`` is matched by one
+    linear regular expression in the usual case, and otherwise checked by
+    position and ``str.isdigit`` on slices to say exactly what is wrong
+    (constant work per character either way); ranges (month 13, Feb 30,
     hour 24) by the C datetime parser on the already-verified prefix.
     Deliberately stricter than ``datetime.fromisoformat``: a timezone is
     required, week dates and other ISO 8601 forms are refused, and only
@@ -109,6 +118,15 @@ def _rfc3339_problem(s: str) -> str | None:
     because OpenMeter parses with Go's ``time.RFC3339`` which does not.  Leap
     seconds (``:60``) are refused for the same reason.
     """
+    if _RFC3339_SHAPE.fullmatch(s) is not None:
+        # The usual case, in one C call (~0.45 us instead of ~0.9 per event): the shape is right, so
+        # only the ranges are left.  Anything else takes the slower path, which says what is wrong.
+        try:
+            datetime.fromisoformat(s[:19])
+        except ValueError:
+            pass
+        else:
+            return None
     n = len(s)
     # isascii() first so that isdigit() below means 0-9 only (it is true for
     # e.g. Arabic-Indic digits too).
