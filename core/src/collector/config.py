@@ -241,6 +241,12 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "asyncio", "uvloop"] | None = Field(
         None, description="The event loop of `collector run`: auto (uvloop when installed), asyncio or uvloop."
     )
+    gil_switch_ms: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="How long a thread of `collector run` may wait for Python's GIL, in milliseconds (default 1).",
+    )
 
     @field_validator("workers")
     @classmethod

@@ -167,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_config_error(exc)
         return EXIT_CONFIG
     log.debug("event loop: %s", loop_name)
-    return eventloop.run(runtime.run(), env_settings.event_loop)
+    return eventloop.run(runtime.run(), env_settings.event_loop, env_settings.gil_switch_ms)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

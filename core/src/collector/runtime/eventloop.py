@@ -18,12 +18,14 @@ from collector.errors import ConfigError
 
 T = TypeVar("T")
 
-#: How long a thread may hold the GIL while another waits for it (Python's default is 5 ms).
-#: The queue's writer and the senders give the GIL up for every SQLite call and fsync and
-#: then wait to get it back from the busy event loop: at 5 ms a group commit of 100-event
-#: requests took ~10 ms, at 0.5 ms ~7 ms, and 100-event intake rose ~20 % (single events
-#: unchanged; 0.25 ms and below cost more in switching than they gain), tests/bench/bench_ingest.py.
-SWITCH_INTERVAL_S = 0.0005
+#: How long a thread may wait for the GIL before the one holding it must let go, in ms (Python's
+#: default is 5).  The queue's writer and the senders give the GIL up for every SQLite call and
+#: fsync and then wait to get it back from the busy event loop.  Measured with
+#: tests/bench/bench_ingest.py and bench_otlp.py on 2 cores: 100-event requests 102k events/s at
+#: 5 ms, 114k at 1 ms, 127k at 0.5 ms; OTLP logs 52k records/s at 5 ms, 54k at 1 ms, but 47k at
+#: 0.5 ms (its gRPC threads then switch too often).  1 ms is never worse than the default;
+#: COLLECTOR_GIL_SWITCH_MS sets it (docs/operations.md, "Ingest performance").
+DEFAULT_GIL_SWITCH_MS = 1.0
 EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
 
 
@@ -52,9 +54,9 @@ def new_loop_like(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice | None = None) -> T:
-    """``asyncio.run(main)`` on the loop ``choice`` gives."""
+def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice | None = None, gil_switch_ms: float | None = None) -> T:
+    """``asyncio.run(main)`` on the loop ``choice`` gives, with the GIL switch interval set."""
     _, factory = loop_factory(choice)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    sys.setswitchinterval((gil_switch_ms or DEFAULT_GIL_SWITCH_MS) / 1000)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

@@ -164,7 +164,8 @@ def main() -> int:
     from collector.runtime import eventloop
 
     sock = socket.socket(fileno=int(fd))
-    return eventloop.run(run(sock), Settings().event_loop)
+    settings = Settings()
+    return eventloop.run(run(sock), settings.event_loop, settings.gil_switch_ms)
 
 
 if __name__ == "__main__":
