@@ -3,31 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 
 import pytest
 
+from collector import interpreter
+from collector.api import gil_switch_at_least
 from collector.config import Settings
 from collector.errors import ConfigError
 from collector.runtime import eventloop
 
 
 @pytest.fixture(autouse=True)
-def _restore_switch_interval():
-    before = sys.getswitchinterval()
+def _restore_interpreter():
+    before, thresholds = sys.getswitchinterval(), gc.get_threshold()
     yield
     sys.setswitchinterval(before)
+    gc.set_threshold(*thresholds)
+    interpreter._chosen_ms = None
 
 
 async def _interval_and_loop() -> tuple[float, str]:
     return sys.getswitchinterval(), type(asyncio.get_running_loop()).__module__
 
 
-def test_run_sets_the_gil_switch_interval_default_or_given():
+def test_run_tunes_the_interpreter():
     interval, _ = eventloop.run(_interval_and_loop(), "asyncio")
-    assert interval == pytest.approx(eventloop.DEFAULT_GIL_SWITCH_MS / 1000)
+    assert interval == pytest.approx(interpreter.DEFAULT_GIL_SWITCH_MS / 1000)
+    assert gc.get_threshold() == interpreter.GC_THRESHOLDS
     interval, _ = eventloop.run(_interval_and_loop(), "asyncio", 2.5)
     assert interval == pytest.approx(0.0025)
+
+
+def test_a_component_may_raise_the_interval_unless_the_user_chose_one():
+    interpreter.tune()
+    gil_switch_at_least(1.0)
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+    gil_switch_at_least(0.2)  # never lowered
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+    interpreter.tune(0.3)  # COLLECTOR_GIL_SWITCH_MS=0.3
+    gil_switch_at_least(1.0)
+    assert sys.getswitchinterval() == pytest.approx(0.0003)
 
 
 def test_the_environment_sets_the_interval_within_bounds(monkeypatch):

@@ -70,6 +70,7 @@ from collector.events import (
 )
 from collector.hookspecs import hookimpl
 from collector.httpclient import HttpClientConfig, HttpUrl, check_http_url
+from collector.interpreter import gil_switch_at_least
 from collector.mapping import CompiledMapping, FunctionMap, MappingCompileError, compile_expression
 from collector.metrics import Meter
 from collector.pull import PullReceiver, ScheduleConfig, Window
@@ -198,6 +199,7 @@ __all__ = [
     "format_duration",
     "format_size",
     "format_time",
+    "gil_switch_at_least",
     "hookimpl",
     "parse_duration",
     "parse_endpoint",

@@ -245,7 +245,8 @@ class Settings(BaseSettings):
         None,
         gt=0,
         le=100,
-        description="How long a thread of `collector run` may wait for Python's GIL, in milliseconds (default 1).",
+        description="How long a thread of `collector run` may wait for Python's GIL, in milliseconds (default 0.5; "
+        "collector.interpreter).",
     )
 
     @field_validator("workers")

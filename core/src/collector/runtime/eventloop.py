@@ -10,22 +10,14 @@ chooses: ``auto`` (the default: uvloop when importable, else asyncio),
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
+from collector import interpreter
 from collector.errors import ConfigError
 
 T = TypeVar("T")
 
-#: How long a thread may wait for the GIL before the one holding it must let go, in ms (Python's
-#: default is 5).  The queue's writer and the senders give the GIL up for every SQLite call and
-#: fsync and then wait to get it back from the busy event loop.  Measured with
-#: tests/bench/bench_ingest.py and bench_otlp.py on 2 cores: 100-event requests 102k events/s at
-#: 5 ms, 114k at 1 ms, 127k at 0.5 ms; OTLP logs 52k records/s at 5 ms, 54k at 1 ms, but 47k at
-#: 0.5 ms (its gRPC threads then switch too often).  1 ms is never worse than the default;
-#: COLLECTOR_GIL_SWITCH_MS sets it (docs/operations.md, "Ingest performance").
-DEFAULT_GIL_SWITCH_MS = 1.0
 EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
 
 
@@ -55,8 +47,8 @@ def new_loop_like(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
 
 
 def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice | None = None, gil_switch_ms: float | None = None) -> T:
-    """``asyncio.run(main)`` on the loop ``choice`` gives, with the GIL switch interval set."""
+    """``asyncio.run(main)`` on the loop ``choice`` gives, the interpreter tuned (collector.interpreter)."""
     _, factory = loop_factory(choice)
-    sys.setswitchinterval((gil_switch_ms or DEFAULT_GIL_SWITCH_MS) / 1000)
+    interpreter.tune(gil_switch_ms)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
