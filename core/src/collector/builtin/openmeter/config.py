@@ -14,6 +14,8 @@ from collector.components import ExporterConfig
 V1_PATH = "/api/v1/events"
 V3_PATH = "/api/v3/openmeter/events"
 MASK = "***"
+# RFC 9110 token characters: what a header name may be made of.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # Extra headers whose values are credentials (masked like the token).
 _SENSITIVE_HEADER_WORDS = ("auth", "token", "key", "secret", "cookie", "password")
 
@@ -67,6 +69,16 @@ class OpenMeterExporterConfig(ExporterConfig):
                 "(for example https://openmeter.cloud)"
             )
         return v.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not name or not _TOKEN_CHARS.issuperset(name):
+                raise ValueError(f"header name {name[:40]!r} is not an HTTP token (letters, digits, - and the like)")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} holds a line break or NUL")
+        return v
 
     @model_validator(mode="after")
     def _token_source(self) -> OpenMeterExporterConfig:

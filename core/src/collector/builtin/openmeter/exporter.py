@@ -15,9 +15,9 @@ import ssl
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
+from collector.builtin.openmeter import client
 from collector.builtin.openmeter.config import OpenMeterExporterConfig
 from collector.components import Event, Exporter
 from collector.errors import AuthError, ConfigError, PermanentError, RetryableError
@@ -28,29 +28,9 @@ _PERMANENT = {400, 413, 422}
 _AUTH = {401, 403}
 #: Most bytes of an error body that are read (and kept with a dead letter);
 #: the rest is never read: the connection is closed instead.
-ERROR_BODY_LIMIT = 8192
+ERROR_BODY_LIMIT = client.ERROR_BODY_LIMIT
 #: How much of the body goes into the error message (``/health`` ``last_error``).
 _DETAIL_CHARS = 300
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int = ERROR_BODY_LIMIT) -> str:
-    """At most ``limit`` bytes of the body, decoded leniently; the connection is
-    closed when more was left unread, so a huge answer costs ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await resp.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if not resp.content.at_eof():
-        resp.close()  # not released to the pool: the unread rest dies with the connection
-    data = b"".join(chunks)
-    try:
-        return data.decode(resp.charset or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
-        return data.decode("utf-8", errors="replace")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -106,21 +86,18 @@ class OpenMeterExporter(Exporter[OpenMeterExporterConfig]):
         self._redactor.add(*config.secrets(token))
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._session: aiohttp.ClientSession | None = None
+        self._client: client.PostClient | None = None
         self._redirect_logged: tuple[int, str] | None = None
 
     async def _start(self) -> None:
-        ssl_ctx: ssl.SSLContext | bool = True
+        ssl_ctx: ssl.SSLContext | None = None
         if self.config.insecure_skip_verify:
-            ssl_ctx = False
+            ssl_ctx = ssl.create_default_context()
+            ssl_ctx.check_hostname = False
+            ssl_ctx.verify_mode = ssl.CERT_NONE
         elif self.config.ca_file is not None:
             ssl_ctx = ssl.create_default_context(cafile=str(self.config.ca_file))
-        connector = aiohttp.TCPConnector(limit=self.config.max_in_flight * 2, ssl=ssl_ctx)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            headers=self._headers,
-        )
+        self._client = client.PostClient(self.endpoint, self._headers, ssl_ctx)
         self.log.info(
             "openmeter exporter sending to %s (API %s)%s",
             self.config.display_url(self.endpoint),
@@ -129,28 +106,27 @@ class OpenMeterExporter(Exporter[OpenMeterExporterConfig]):
         )
 
     async def _shutdown(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def export(self, events: list[Event]) -> None:
-        assert self._session is not None, "exporter not started"
+        assert self._client is not None, "exporter not started"
         body = orjson.dumps(events)
         scrub = self._redactor.scrub
         try:
-            # Never follow a redirect: aiohttp would turn a 301/302/303 into a body-less
-            # GET and count the target's 2xx as delivered, and send a 307/308 (with
-            # the token) wherever the Location says.
-            async with self._session.post(self.endpoint, data=body, allow_redirects=False) as resp:
-                status = resp.status
-                if 200 <= status < 300:
-                    self._redirect_logged = None
-                    return
-                location = resp.headers.get("Location")
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                text = scrub(await read_bounded(resp))
-        except aiohttp.ClientError as exc:
+            # Never follow a redirect: a 301/302/303 followed as a body-less GET would count the
+            # target's 2xx as delivered, and a 307/308 would send the token wherever Location says.
+            answer = await self._client.post(body, limit=ERROR_BODY_LIMIT)
+        except client.ClientError as exc:
             raise NetworkRetry(scrub(f"{type(exc).__name__}: {exc}")) from None
+        status = answer.status
+        if 200 <= status < 300:
+            self._redirect_logged = None
+            return
+        location = answer.headers.get("location")
+        retry_after = parse_retry_after(answer.headers.get("retry-after"))
+        text = scrub(answer.text())
         if 300 <= status < 400:
             where = scrub(self.config.display_url(location))[:200] if location else "no Location"
             detail = (
