@@ -190,21 +190,9 @@ class FastProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
         self._transport = transport
         guard = self._guard
-        if guard.open >= guard.limits.max_connections:
-            self._gone = True
-            transport.write(
-                raw_response(
-                    self._error_body,
-                    503,
-                    "Service Unavailable",
-                    f"too many open connections (max_connections={guard.limits.max_connections}); retry shortly",
-                    {"Retry-After": "1"},
-                )
-            )
-            transport.close()
-            guard.refuse()
+        if not guard.admit(transport, self._error_body):
+            self._gone = True  # data_received ignores whatever the client sends
             return
-        guard.open += 1
         self._counted = True
         self._connections.add(self)
         self._arm(_HEADER, guard.limits.header_timeout)

@@ -36,7 +36,7 @@ import asyncio
 import errno
 import weakref
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -94,23 +94,9 @@ class _GuardedHandler(RequestHandler):
     # -- the connection cap ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        guard = self._guard
-        if guard.open >= guard.limits.max_connections:
+        if not self._guard.admit(transport, self._error_body):
             self._force_close = True  # data_received ignores whatever the client sends
-            transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
-            transport.write(
-                raw_response(
-                    self._error_body,
-                    503,
-                    "Service Unavailable",
-                    f"too many open connections (max_connections={guard.limits.max_connections}); retry shortly",
-                    {"Retry-After": "1"},
-                )
-            )
-            transport.close()
-            guard.refuse()
             return
-        guard.open += 1
         self._counted = True
         super().connection_made(transport)
         self._arm()

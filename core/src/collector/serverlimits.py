@@ -105,6 +105,24 @@ class ConnectionGuard:
         self._refusals = Throttle(clock)
         self._protocol_errors = Throttle(clock)
 
+    def admit(self, transport: Any, error_body: ErrorBody) -> bool:
+        """Count a new connection; over ``max_connections`` answer it 503 at once, close it and return False."""
+        if self.open >= self.limits.max_connections:
+            transport.write(
+                raw_response(
+                    error_body,
+                    503,
+                    "Service Unavailable",
+                    f"too many open connections (max_connections={self.limits.max_connections}); retry shortly",
+                    {"Retry-After": "1"},
+                )
+            )
+            transport.close()
+            self.refuse()
+            return False
+        self.open += 1
+        return True
+
     def refuse(self) -> None:
         self.refused += 1
         n = self._refusals.hit()
