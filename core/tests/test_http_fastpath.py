@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -247,3 +248,20 @@ async def test_stopping_closes_kept_alive_connections(collector_run_pipeline):
             await asyncio.wait_for(stopped, 5)
         finally:
             writer.close()
+
+
+async def test_the_fast_path_and_the_hand_over_work_over_tls(collector_run_pipeline, tmp_path, self_signed):
+    cert, key = self_signed(tmp_path)
+    async with serving(collector_run_pipeline, config(f"tls: {{cert_file: '{cert}', key_file: '{key}'}}")) as (p, port):
+        ctx = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        try:
+            writer.write(request(orjson.dumps(ev(1))))
+            status, headers, _ = await read_answer(reader)
+            assert status == 204 and fast(headers)
+            writer.write(request(gzip.compress(orjson.dumps(ev(2))), extra="Content-Encoding: gzip\r\n"))
+            status, headers, _ = await read_answer(reader)
+            assert status == 204 and not fast(headers)
+        finally:
+            writer.close()
+        assert sorted(e["id"] for e in await p.exporter("memory").wait_for(2)) == ["e1", "e2"]
