@@ -598,3 +598,27 @@ def test_persist_queue_still_has_the_shape_queue_table_relies_on(tmp_path: Path)
         assert RawBytes.loads(RawBytes.dumps(b"\x00raw")) == b"\x00raw"
     finally:
         table.close()
+
+
+async def test_several_items_are_acked_in_one_transaction(make_queue: Any, tmp_path: Path) -> None:
+    queue = make_queue(commit_wait_ms=0)
+    for i in range(1203):  # more ids than one DELETE statement takes (500 each)
+        await queue.put([{"id": f"e{i}"}])
+    items = [queue.get(0) for _ in range(1203)]
+    assert all(item is not None for item in items)
+    ids = [item.id for item in items if item is not None]
+    statements: list[str] = []
+    conn = queue._require_storage()._side()
+    conn.set_trace_callback(statements.append)
+    try:
+        queue.ack(*ids[:3])
+        queue.ack(*ids[3:])
+    finally:
+        conn.set_trace_callback(None)
+    assert sum(1 for s in statements if s.startswith("BEGIN")) == 1  # the 1,200 in chunks, in one transaction
+    assert sum(1 for s in statements if s.startswith("DELETE")) == 1 + 3
+    assert (queue.stats().items, queue.stats().events, queue.stats().bytes) == (0, 0, 0)
+    assert rows(
+        tmp_path / "q" / f"{queue.name}.db", f"SELECT count(*) FROM {queue._require_storage()._table_name}"
+    ) == [(0,)]
+    queue.ack()  # nothing: no statement, no error

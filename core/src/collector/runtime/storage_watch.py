@@ -148,8 +148,8 @@ class WatchedQueue:
     def get(self, timeout: float) -> QueueItem | None:
         return self.inner.get(timeout)
 
-    def ack(self, item_id: int) -> None:
-        self.inner.ack(item_id)
+    def ack(self, *item_ids: int) -> None:
+        self.inner.ack(*item_ids)
 
     def release(self, item_id: int) -> None:
         self.inner.release(item_id)

@@ -63,8 +63,8 @@ class BatchQueue(Protocol):
     def get(self, timeout: float) -> QueueItem | None:
         """Block up to ``timeout`` seconds for the next unclaimed item."""
 
-    def ack(self, item_id: int) -> None:
-        """The item is finished (delivered or dead-lettered): forget it."""
+    def ack(self, *item_ids: int) -> None:
+        """These items are finished (delivered or dead-lettered): forget them, at once (one transaction)."""
 
     def release(self, item_id: int) -> None:
         """Give a claimed item back, to be handed out again (shutdown)."""

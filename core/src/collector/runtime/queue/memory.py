@@ -61,12 +61,13 @@ class MemoryQueue:
             self._claimed[item.id] = item
             return item
 
-    def ack(self, item_id: int) -> None:
+    def ack(self, *item_ids: int) -> None:
         with self._cond:
-            item = self._claimed.pop(item_id, None)
-            if item is not None:
-                self._bytes -= item.size_bytes
-                self._events -= len(item.events)
+            for item_id in item_ids:
+                item = self._claimed.pop(item_id, None)
+                if item is not None:
+                    self._bytes -= item.size_bytes
+                    self._events -= len(item.events)
 
     def release(self, item_id: int) -> None:
         with self._cond:

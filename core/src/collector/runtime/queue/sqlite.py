@@ -735,12 +735,15 @@ class DurableQueue:
                 self._register_locked(item_id, _Meta(len(events), len(data), enqueued_at))
         return QueueItem(id=item_id, events=events, enqueued_at=enqueued_at, size_bytes=len(data))
 
-    def ack(self, item_id: int) -> None:
-        """Forget the item: its row is deleted in one transaction (no acked rows pile up)."""
+    def ack(self, *item_ids: int) -> None:
+        """Forget the items: their rows are deleted in one transaction (no acked rows pile up)."""
+        if not item_ids:
+            return
         with self._db_lock:
-            self._require_storage().delete(item_id)
+            self._require_storage().delete(*item_ids)
             with self._state_cv:
-                self._forget_locked(item_id)
+                for item_id in item_ids:
+                    self._forget_locked(item_id)
 
     def release(self, item_id: int) -> None:
         """Hand a claimed item back; it is the next one out again (claims are in memory)."""

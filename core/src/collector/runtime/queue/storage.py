@@ -163,9 +163,17 @@ class QueueTable(SQLiteAckQueue):
         )
         return [(int(i), bytes(prefix or b""), int(size or 0)) for i, prefix, size in rows]
 
-    def delete(self, item_id: int) -> None:
-        """Acknowledge an item: delete its row, one transaction, no fsync of its own."""
-        self._side().execute(f"DELETE FROM {self._table_name} WHERE {self._key_column} = ?", (item_id,))
+    def delete(self, *item_ids: int) -> None:
+        """Acknowledge items: delete their rows, one transaction, no fsync of its own."""
+        conn = self._side()
+        sql = f"DELETE FROM {self._table_name} WHERE {self._key_column} IN "
+        if len(item_ids) <= _IDS_PER_STATEMENT:
+            conn.execute(sql + f"({','.join('?' * len(item_ids))})", item_ids)
+            return
+        with db.transaction(conn):  # older SQLite builds take at most 999 parameters per statement
+            for i in range(0, len(item_ids), _IDS_PER_STATEMENT):
+                chunk = item_ids[i : i + _IDS_PER_STATEMENT]
+                conn.execute(sql + f"({','.join('?' * len(chunk))})", chunk)
 
     def free_pages_bytes(self) -> int:
         """Room inside the file (pages freed by deletes that SQLite reuses before growing it)."""
@@ -207,5 +215,7 @@ class QueueTable(SQLiteAckQueue):
             raise RuntimeError("queue table is closed")
         return self.side
 
+
+_IDS_PER_STATEMENT = 500
 
 __all__ = ["HEADER_BYTES", "QueueTable", "RawBytes"]

@@ -343,14 +343,15 @@ class ExporterRunner:
         for tracker in done:
             self._trackers.pop(tracker.item.id, None)
             self._finished_unacked -= len(tracker.item.events)
-            await self._ack(tracker.item.id)
+        if done:  # one transaction for every item this request finished
+            await self._ack(*(tracker.item.id for tracker in done))
 
-    async def _ack(self, item_id: int) -> None:
+    async def _ack(self, *item_ids: int) -> None:
         """Acknowledge, retrying storage errors (a full disk): an unacknowledged
         item would be sent again after a restart, never lost."""
         await until_stored(
-            lambda: self._write_io("acks", self.queue.ack, item_id),
-            what=f"exporter {self.id}: ack of queue item {item_id}",
+            lambda: self._write_io("acks", self.queue.ack, *item_ids),
+            what=f"exporter {self.id}: ack of queue item(s) {', '.join(map(str, item_ids))}",
             on_stop="it will be sent again after restart",
             stopping=lambda: self._stopping,
             sleep=self._sleep,
