@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import os
@@ -9,8 +10,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +129,26 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 def self_signed() -> Callable[[Path], tuple[Path, Path]]:
     """``self_signed(directory)``: (certificate, key) files of a self-signed certificate for 127.0.0.1."""
     return _self_signed
+
+
+@pytest.fixture
+def serve_http(collector_run_pipeline: Callable[..., Any]) -> Callable[..., Any]:
+    """``async with serve_http("header_timeout: 0.3", clock=...) as (pipeline, port)``.
+
+    The ``http`` receiver on a free port of 127.0.0.1, with the given receiver settings, feeding the
+    memory exporter (memory queue, 10 ms batches); keyword arguments go to ``collector_run_pipeline``.
+    """
+
+    @contextlib.asynccontextmanager
+    async def serve(receiver: str = "", **kwargs: Any) -> AsyncIterator[tuple[Any, int]]:
+        extra = ", " + receiver if receiver else ""
+        yaml_text = (
+            f"receivers: {{http: {{endpoint: '127.0.0.1:0'{extra}}}}}\n"
+            "exporters: {memory: {batch: {period: 0.01}, queue: {kind: memory}}}\n"
+        )
+        async with collector_run_pipeline(yaml_text, **kwargs) as p:
+            port = p.service.receivers["http"].port
+            assert port
+            yield p, port
+
+    return serve

@@ -9,18 +9,15 @@ on one connection are answered in order whichever path answers them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import ssl
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
 from collector.testing import eventually, read_until_closed
-from collector.testing.harness import RunningPipeline
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -57,22 +54,6 @@ def request(body: bytes, *, path: str = V1, extra: str = "", method: str = "POST
     return head.encode() + body
 
 
-def config(receiver: str = "") -> str:
-    receiver = ", " + receiver if receiver else ""
-    return (
-        f"receivers: {{http: {{endpoint: '127.0.0.1:0'{receiver}}}}}\n"
-        "exporters: {memory: {batch: {period: 0.01}, queue: {kind: memory}}}\n"
-    )
-
-
-@contextlib.asynccontextmanager
-async def serving(run_pipeline: Any, yaml_text: str) -> AsyncIterator[tuple[RunningPipeline, int]]:
-    async with run_pipeline(yaml_text) as p:
-        port = p.service.receivers["http"].port
-        assert port
-        yield p, port
-
-
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 answer: status, headers (lower-case names), body."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -91,8 +72,8 @@ def fast(headers: dict[str, str]) -> bool:
     return headers.get("server") == "collector"
 
 
-async def test_plain_posts_take_the_fast_path_and_the_rest_of_the_connection_goes_to_aiohttp(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config()) as (p, port):
+async def test_plain_posts_take_the_fast_path_and_the_rest_of_the_connection_goes_to_aiohttp(serve_http):
+    async with serve_http() as (p, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(request(orjson.dumps(ev(1))))
@@ -112,8 +93,8 @@ async def test_plain_posts_take_the_fast_path_and_the_rest_of_the_connection_goe
         assert sorted(e["id"] for e in events) == ["e1", "e2", "e3"]
 
 
-async def test_pipelined_requests_are_answered_in_order_across_both_paths(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config()) as (p, port):
+async def test_pipelined_requests_are_answered_in_order_across_both_paths(serve_http):
+    async with serve_http() as (p, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(
@@ -134,8 +115,8 @@ async def test_pipelined_requests_are_answered_in_order_across_both_paths(collec
         assert sorted(e["id"] for e in events) == ["e1", "e2", "e3", "e4"]
 
 
-async def test_a_request_that_arrives_in_pieces_is_read_whole(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config()) as (p, port):
+async def test_a_request_that_arrives_in_pieces_is_read_whole(serve_http):
+    async with serve_http() as (p, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             whole = request(orjson.dumps([ev(i) for i in range(50)]))
@@ -150,9 +131,8 @@ async def test_a_request_that_arrives_in_pieces_is_read_whole(collector_run_pipe
         assert len(await p.exporter("memory").wait_for(50)) == 50
 
 
-async def test_refusals_on_the_fast_path_keep_their_status_and_headers(collector_run_pipeline):
-    yaml_text = config("auth: {tokens: [s3cret-token]}, max_events: 2")
-    async with serving(collector_run_pipeline, yaml_text) as (p, port):
+async def test_refusals_on_the_fast_path_keep_their_status_and_headers(serve_http):
+    async with serve_http("auth: {tokens: [s3cret-token]}, max_events: 2") as (p, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(request(orjson.dumps(ev(1))))
@@ -182,8 +162,8 @@ async def test_refusals_on_the_fast_path_keep_their_status_and_headers(collector
         assert samples == {"401": 1, "413": 1, "400": 1, "202": 1}
 
 
-async def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config("read_timeout: 0.3")) as (_, port):
+async def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(serve_http):
+    async with serve_http("read_timeout: 0.3") as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(request(b"x" * 100)[:-90])
@@ -197,8 +177,8 @@ async def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(col
         assert time.monotonic() - t0 < 3
 
 
-async def test_partial_headers_get_408_and_a_silent_or_idle_connection_is_closed(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config("header_timeout: 0.3, idle_timeout: 0.5")) as (_, port):
+async def test_partial_headers_get_408_and_a_silent_or_idle_connection_is_closed(serve_http):
+    async with serve_http("header_timeout: 0.3, idle_timeout: 0.5") as (_, port):
         partial = await asyncio.open_connection("127.0.0.1", port)
         silent = await asyncio.open_connection("127.0.0.1", port)
         idle = await asyncio.open_connection("127.0.0.1", port)
@@ -218,8 +198,8 @@ async def test_partial_headers_get_408_and_a_silent_or_idle_connection_is_closed
                 w.close()
 
 
-async def test_connections_over_max_connections_get_503(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config("max_connections: 2")) as (p, port):
+async def test_connections_over_max_connections_get_503(serve_http):
+    async with serve_http("max_connections: 2") as (p, port):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         try:
             await eventually(lambda: p.service.receivers["http"].health()["connections"] == 2, timeout=5)
@@ -237,8 +217,8 @@ async def test_connections_over_max_connections_get_503(collector_run_pipeline):
         await eventually(lambda: p.service.receivers["http"].health()["connections"] == 0, timeout=5)
 
 
-async def test_stopping_closes_kept_alive_connections(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config()) as (p, port):
+async def test_stopping_closes_kept_alive_connections(serve_http):
+    async with serve_http() as (p, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request(orjson.dumps(ev(1))))
         assert (await read_answer(reader))[0] == 204
@@ -250,9 +230,9 @@ async def test_stopping_closes_kept_alive_connections(collector_run_pipeline):
             writer.close()
 
 
-async def test_the_fast_path_and_the_hand_over_work_over_tls(collector_run_pipeline, tmp_path, self_signed):
+async def test_the_fast_path_and_the_hand_over_work_over_tls(serve_http, tmp_path, self_signed):
     cert, key = self_signed(tmp_path)
-    async with serving(collector_run_pipeline, config(f"tls: {{cert_file: '{cert}', key_file: '{key}'}}")) as (p, port):
+    async with serve_http(f"tls: {{cert_file: '{cert}', key_file: '{key}'}}") as (p, port):
         ctx = ssl.create_default_context(cafile=str(cert))
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
         try:

@@ -9,7 +9,6 @@ own protocol errors.  Everything talks to 127.0.0.1 and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import gzip
 import logging
@@ -18,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +27,6 @@ import pytest
 from collector.events import fill_defaults, validate_event
 from collector.telemetry import JsonFormatter
 from collector.testing import FakeClock, eventually, read_until_closed
-from collector.testing.harness import RunningPipeline
 
 V1 = "/api/v1/events"
 JSON = "application/json"
@@ -50,22 +47,6 @@ def ev(i: int | str, **extra: Any) -> dict[str, Any]:
     return event
 
 
-def config(receiver: str = "") -> str:
-    receiver = ", " + receiver if receiver else ""
-    return (
-        f"receivers: {{http: {{endpoint: '127.0.0.1:0'{receiver}}}}}\n"
-        "exporters: {memory: {batch: {period: 0.01}, queue: {kind: memory}}}\n"
-    )
-
-
-@contextlib.asynccontextmanager
-async def serving(run_pipeline: Any, yaml_text: str, **kwargs: Any) -> AsyncIterator[tuple[RunningPipeline, int]]:
-    async with run_pipeline(yaml_text, **kwargs) as p:
-        port = p.service.receivers["http"].port
-        assert port
-        yield p, port
-
-
 async def post(
     s: aiohttp.ClientSession, port: int, body: bytes, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -78,7 +59,7 @@ async def post(
 # Point 9: error answers are bounded
 
 
-async def test_a_huge_request_of_invalid_events_gets_a_small_problem_document(collector_run_pipeline):
+async def test_a_huge_request_of_invalid_events_gets_a_small_problem_document(serve_http):
     # ~4 MB of events whose every attribute is invalid: before, one problem per
     # attribute was reported (370,000 of them in ~100 MB); now the first 100
     # plus the count, and no echoed value is longer than a short quote.
@@ -95,7 +76,7 @@ async def test_a_huge_request_of_invalid_events_gets_a_small_problem_document(co
     assert 3_900_000 < len(body) <= 4 * 1024 * 1024
     n = len(events)
     assert n <= 10_000
-    async with serving(collector_run_pipeline, config()) as (p, port), aiohttp.ClientSession() as s:
+    async with serve_http() as (p, port), aiohttp.ClientSession() as s:
         status, headers, raw = await post(s, port, body)
         assert status == 400
         assert headers["Content-Type"].startswith(PROBLEM)
@@ -124,8 +105,8 @@ async def test_a_huge_request_of_invalid_events_gets_a_small_problem_document(co
         assert (await post(s, port, orjson.dumps(ev(1))))[0] == 204
 
 
-async def test_a_few_invalid_events_are_all_reported_and_not_truncated(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config()) as (_, port), aiohttp.ClientSession() as s:
+async def test_a_few_invalid_events_are_all_reported_and_not_truncated(serve_http):
+    async with serve_http() as (_, port), aiohttp.ClientSession() as s:
         status, _, raw = await post(s, port, orjson.dumps([ev(1, source=""), ev(2), ev(3, subject=7)]))
         assert status == 400
         problem = orjson.loads(raw)
@@ -133,8 +114,8 @@ async def test_a_few_invalid_events_are_all_reported_and_not_truncated(collector
         assert problem["invalid_count"] == 2 and problem["truncated"] is False
 
 
-async def test_long_client_values_are_not_echoed_whole(collector_run_pipeline):
-    async with serving(collector_run_pipeline, config()) as (_, port), aiohttp.ClientSession() as s:
+async def test_long_client_values_are_not_echoed_whole(serve_http):
+    async with serve_http() as (_, port), aiohttp.ClientSession() as s:
         ctype = "application/" + "x" * 6000
         status, _, raw = await post(s, port, orjson.dumps(ev(1)), {"Content-Type": ctype})
         assert status == 415
@@ -148,9 +129,8 @@ async def test_long_client_values_are_not_echoed_whole(collector_run_pipeline):
 # Point 10: header and idle timeouts, the connection cap, quiet accept errors
 
 
-async def test_a_slow_header_connection_gets_408_and_is_closed(collector_run_pipeline):
-    yaml_text = config("header_timeout: 0.3, idle_timeout: 30")
-    async with serving(collector_run_pipeline, yaml_text) as (_, port), aiohttp.ClientSession() as s:
+async def test_a_slow_header_connection_gets_408_and_is_closed(serve_http):
+    async with serve_http("header_timeout: 0.3, idle_timeout: 30") as (_, port), aiohttp.ClientSession() as s:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -171,9 +151,8 @@ async def test_a_slow_header_connection_gets_408_and_is_closed(collector_run_pip
         assert (await post(s, port, orjson.dumps(ev(2))))[0] == 204
 
 
-async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout(collector_run_pipeline):
-    yaml_text = config("header_timeout: 30, idle_timeout: 0.3")
-    async with serving(collector_run_pipeline, yaml_text) as (_, port):
+async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout(serve_http):
+    async with serve_http("header_timeout: 30, idle_timeout: 0.3") as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             body = orjson.dumps(ev(1))
@@ -193,9 +172,8 @@ async def test_an_idle_keep_alive_connection_is_closed_after_idle_timeout(collec
             writer.close()
 
 
-async def test_connections_over_max_connections_get_503_and_are_closed(collector_run_pipeline):
-    yaml_text = config("header_timeout: 30, idle_timeout: 30, max_connections: 3")
-    async with serving(collector_run_pipeline, yaml_text) as (p, port):
+async def test_connections_over_max_connections_get_503_and_are_closed(serve_http):
+    async with serve_http("header_timeout: 30, idle_timeout: 30, max_connections: 3") as (p, port):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         try:
             # all three are open and counted
@@ -225,13 +203,11 @@ async def test_connections_over_max_connections_get_503_and_are_closed(collector
             assert (await post(s, port, orjson.dumps(ev(2))))[0] == 204
 
 
-async def test_repeated_accept_errors_are_logged_once_per_interval_with_a_count(
-    collector_run_pipeline, monkeypatch, caplog
-):
+async def test_repeated_accept_errors_are_logged_once_per_interval_with_a_count(serve_http, monkeypatch, caplog):
     monkeypatch.setattr(logging.getLogger("collector"), "propagate", True)
     caplog.set_level(logging.INFO)
     clock = FakeClock()
-    async with serving(collector_run_pipeline, config(), clock=clock) as (_, port):
+    async with serve_http(clock=clock) as (_, port):
         loop = asyncio.get_running_loop()
         listener = socket.socket()
         try:
@@ -269,9 +245,9 @@ async def test_repeated_accept_errors_are_logged_once_per_interval_with_a_count(
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer", "bEaReR"])
-async def test_the_bearer_scheme_is_case_insensitive(collector_run_pipeline, scheme):
+async def test_the_bearer_scheme_is_case_insensitive(serve_http, scheme):
     async with (
-        serving(collector_run_pipeline, config("auth: {tokens: [tok-1234abcd]}")) as (_, port),
+        serve_http("auth: {tokens: [tok-1234abcd]}") as (_, port),
         aiohttp.ClientSession() as s,
     ):
         status, _, raw = await post(s, port, orjson.dumps(ev(1)), {"Authorization": f"{scheme} tok-1234abcd"})
@@ -282,8 +258,8 @@ async def test_the_bearer_scheme_is_case_insensitive(collector_run_pipeline, sch
 
 
 @pytest.mark.parametrize("encoding", ["br", "compress", "zstd", "x-custom", "gzip, br"])
-async def test_an_unknown_content_encoding_is_415_naming_the_supported_ones(collector_run_pipeline, encoding):
-    async with serving(collector_run_pipeline, config()) as (p, port), aiohttp.ClientSession() as s:
+async def test_an_unknown_content_encoding_is_415_naming_the_supported_ones(serve_http, encoding):
+    async with serve_http() as (p, port), aiohttp.ClientSession() as s:
         status, headers, raw = await post(s, port, orjson.dumps(ev(1)), {"Content-Encoding": encoding})
         assert status == 415, raw
         assert headers["Content-Type"].startswith(PROBLEM)
@@ -314,12 +290,10 @@ PROTOCOL_ERRORS = {
 
 
 @pytest.mark.parametrize("raw", list(PROTOCOL_ERRORS.values()), ids=list(PROTOCOL_ERRORS))
-async def test_protocol_errors_are_problem_documents_logged_on_one_line(
-    collector_run_pipeline, monkeypatch, caplog, raw
-):
+async def test_protocol_errors_are_problem_documents_logged_on_one_line(serve_http, monkeypatch, caplog, raw):
     monkeypatch.setattr(logging.getLogger("collector"), "propagate", True)
     caplog.set_level(logging.DEBUG)
-    async with serving(collector_run_pipeline, config()) as (_, port):
+    async with serve_http() as (_, port):
         caplog.clear()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
