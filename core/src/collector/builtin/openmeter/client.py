@@ -34,6 +34,8 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from collector.builtin.openmeter.config import header_problem
+
 #: A kept-alive connection idle for longer is closed rather than reused: servers close
 #: theirs after a while (Go's default is 90 s, many proxies 60 s), and a request sent just
 #: as the server closes fails.
@@ -205,9 +207,10 @@ class PostClient:
         self._ssl = ssl_context if parts.scheme == "https" else None
         if parts.scheme == "https" and self._ssl is None:
             self._ssl = ssl.create_default_context()
-        for name, value in headers.items():
-            if not name or any(c in name for c in ":\r\n") or any(c in value for c in "\r\n"):
-                raise ValueError(f"header {name!r} cannot be sent: line breaks or a colon in its name")
+        for name, value in headers.items():  # the configuration refuses these already; the exporter adds its own
+            problem = header_problem(name, value)
+            if problem is not None:
+                raise ValueError(problem)
         host = f"[{self._host}]" if ":" in self._host else self._host
         default_port = self._port == (443 if parts.scheme == "https" else 80)
         all_headers = {"Host": host if default_port else f"{host}:{self._port}", **headers}

@@ -20,6 +20,16 @@ _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABC
 _SENSITIVE_HEADER_WORDS = ("auth", "token", "key", "secret", "cookie", "password")
 
 
+def header_problem(name: str, value: str) -> str | None:
+    """Why a request header cannot be sent as it is (None when it can): a name that is not an
+    HTTP token, or a value with a line break or NUL (they would end the header, or the request)."""
+    if not name or not _TOKEN_CHARS.issuperset(name):
+        return f"header name {name[:40]!r} is not an HTTP token (letters, digits, - and the like)"
+    if any(c in value for c in "\r\n\0"):
+        return f"the value of header {name!r} holds line breaks or NUL"
+    return None
+
+
 def _split(url: str) -> SplitResult | None:
     try:
         parts = urlsplit(url)
@@ -74,10 +84,9 @@ class OpenMeterExporterConfig(ExporterConfig):
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
-            if not name or not _TOKEN_CHARS.issuperset(name):
-                raise ValueError(f"header name {name[:40]!r} is not an HTTP token (letters, digits, - and the like)")
-            if any(c in value for c in "\r\n\0"):
-                raise ValueError(f"the value of header {name!r} holds a line break or NUL")
+            problem = header_problem(name, value)
+            if problem is not None:
+                raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
