@@ -172,6 +172,7 @@ class FastProtocol(asyncio.Protocol):
         self._repeated = False
         self._body_at = 0
         self._end = 0
+        self._task: asyncio.Task[None] | None = None  # the request being answered
 
     # -- httptools callbacks (only for the header block: the body is sliced from the buffer) ----------
 
@@ -297,7 +298,8 @@ class FastProtocol(asyncio.Protocol):
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self._headers.items()}
         self._url, self._headers, self._body_at, self._end = b"", {}, 0, 0
         self._busy = True
-        self._loop.create_task(self._serve(path, headers, body))
+        # Held here: the loop keeps only a weak reference to a task.
+        self._task = self._loop.create_task(self._serve(path, headers, body))
 
     def _read_headers(self, buf: bytes, size: int) -> bool:
         """Parse the header block of the request at the start of ``buf``; False when it is not for the fast path."""
