@@ -156,14 +156,18 @@ def collector_ingest(
     exe: list[str] | None = None,
     name: str = "collector",
     workers: int | None = None,
+    destination_down: bool = False,
 ) -> dict[str, Any]:
     """One collector (with its sink), loaded with each batch size in turn.
 
     ``workers``: written as ``service.workers`` into its config; its CPU is
-    then the sum over the collector's process tree.
+    then the sum over the collector's process tree.  ``destination_down``:
+    the sink starts only after every load, so the loads measure intake alone
+    (an outage: the sender only retries), then the drain of the backlog.
     """
     sink = SinkProc(procs)
-    sink.start()
+    if not destination_down:
+        sink.start()
     collector = Collector(procs, workdir, sink.port, name=name, workers=workers)
     collector.start(env=env, exe=exe)
     out: dict[str, Any] = {}
@@ -179,8 +183,12 @@ def collector_ingest(
                 helper_pids=(sink.proc.pid,) if sink.proc is not None else (),
             )
             result["queued_at_end"] = int(collector.metrics().get("queued", -1))
-            result["delivery"] = wait_delivered(collector, sink, timeout=60)
+            if not destination_down:
+                result["delivery"] = wait_delivered(collector, sink, timeout=60)
             out[f"events_{events}"] = result
+        if destination_down:  # the destination is back: everything acknowledged must arrive
+            sink.start()
+            out["delivery_after_outage"] = wait_delivered(collector, sink, timeout=180)
         out["peak_rss_mib"] = round(rss_mib(collector.pid)[1], 1)
     finally:
         collector.stop()
@@ -211,6 +219,11 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (sqlite, aiohttp x2, collector)")
     p.add_argument("--workers", type=int, default=None, help="write service.workers: N into the collector's config")
+    p.add_argument(
+        "--destination-down",
+        action="store_true",
+        help="start the sink only after the collector's loads: intake alone (an outage), then the drain",
+    )
     p.add_argument("--only", choices=["baseline", "collector", "sqlite"], default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
@@ -226,15 +239,29 @@ def main() -> None:
                 one["aiohttp_100"] = aiohttp_baseline(procs, events=BATCH, **load)
             if args.only in (None, "collector"):
                 one["collector"] = collector_ingest(
-                    procs, Path(tmp), name=f"collector-{i}", workers=args.workers, **load
+                    procs,
+                    Path(tmp),
+                    name=f"collector-{i}",
+                    workers=args.workers,
+                    destination_down=args.destination_down,
+                    **load,
                 )
             rounds.append(one)
-    results = {"settings": {**load, "rounds": args.rounds, "workers": args.workers}, "rounds": rounds}
+    settings = {**load, "rounds": args.rounds, "workers": args.workers, "destination_down": args.destination_down}
+    results = {"settings": settings, "rounds": rounds}
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     else:
         print(json.dumps(results, indent=2))
     print_rounds(rounds)
+    if args.destination_down:
+        for i, one in enumerate(rounds, 1):
+            d = one.get("collector", {}).get("delivery_after_outage")
+            if d:
+                print(
+                    f"round {i}: destination down during the loads; afterwards {d['sink_unique']:,} of "
+                    f"{d['enqueued']:,} events delivered in {d['catch_up_s']} s (all: {d['all_delivered']})"
+                )
 
 
 if __name__ == "__main__":

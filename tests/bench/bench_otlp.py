@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import PYTHON, Procs, collector_exe, cpu_seconds, free_port, http_get, machine_busy_pct, wait_port
+from harness import PYTHON, Procs, collector_exe, free_port, http_get, machine_busy_pct, tree_cpu_seconds, wait_port
 
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
@@ -141,6 +141,57 @@ async def baseline_server(port: int) -> None:
     await server.wait_for_termination()
 
 
+# -- where a record's CPU goes, stage by stage (in this process) -------------------------------------
+
+
+def breakdown(bodies: list[bytes], repeat: int = 20) -> dict[str, float]:
+    """Microseconds per log record of each step the collector's main thread takes, timed alone here.
+
+    The steps are the receiver's own functions, run in order on the same payloads: protobuf decode,
+    the records (:func:`collector_plugin_otlp.records.log_records`), the bench's mapping, the mapping
+    processor's value check, the debug exporter's event rules, and the queue's JSON encoding; then the
+    sender's JSON decoding of what was stored.  What the whole collector spends beyond their sum is the
+    rest: gRPC, the pipeline's coroutines, the commit, delivery, and the threads handing work over.
+    """
+    import orjson
+    from collector_plugin_otlp.records import log_records
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+    from collector.components import Meta
+    from collector.events import validate_cloudevents, value_errors
+    from collector.functions import builtin_functions
+    from collector.mapping import compile_expression
+
+    mapping = compile_expression(MAPPING, builtin_functions(), path="bench").function
+    meta = Meta(receiver="otlp", extra={"signal": "log", "transport": "grpc"})
+    parse = logs_service_pb2.ExportLogsServiceRequest.FromString
+    messages = [parse(b) for b in bodies]
+    records = [log_records(m) for m in messages]
+    events = [[mapping(r, meta) for r in rs] for rs in records]
+    stored = [orjson.dumps(e) for e in events]
+    steps: dict[str, Any] = {
+        "protobuf decode": lambda i: parse(bodies[i]),
+        "records (log_records)": lambda i: log_records(messages[i]),
+        "mapping expression": lambda i: [mapping(r, meta) for r in records[i]],
+        "mapping value check": lambda i: [value_errors(e, j) for j, e in enumerate(events[i])],
+        "event rules (CloudEvents)": lambda i: validate_cloudevents(events[i]),
+        "queue encode (orjson)": lambda i: orjson.dumps(events[i]),
+        "sender decode (orjson)": lambda i: orjson.loads(stored[i]),
+    }
+    count = sum(len(r) for r in records)
+    out: dict[str, float] = {}
+    for name, step in steps.items():
+        best = float("inf")
+        for _ in range(3):  # best of three: the least disturbed by the rest of the machine
+            started = time.perf_counter()
+            for _ in range(repeat):
+                for i in range(len(bodies)):
+                    step(i)
+            best = min(best, time.perf_counter() - started)
+        out[name] = round(best / (repeat * count) * 1e6, 2)
+    return out
+
+
 # -- the load ----------------------------------------------------------------------------------------
 
 
@@ -220,11 +271,15 @@ def measure(procs: Procs, argv: list[str], name: str, port: int, ready_port: int
     try:
         wait_port(ready_port, 30, proc)
         wait_port(port, 30, proc)
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0 = tree_cpu_seconds(proc.pid)  # with service.workers, the workers take the records in
         result = asyncio.run(
             load(port, bodies, args.batch, args.concurrency, args.warmup, args.duration, args.channels)
         )
-        result["server_cpu_pct"] = round((cpu_seconds(proc.pid) - cpu0) / (args.warmup + args.duration) * 100, 1)
+        cpu = tree_cpu_seconds(proc.pid) - cpu0
+        result["server_cpu_pct"] = round(cpu / (args.warmup + args.duration) * 100, 1)
+        # The load ran through warm-up and window at about the same rate: CPU over both, per record.
+        handled = result["records_per_s"] * (args.warmup + args.duration)
+        result["server_cpu_us_per_record"] = round(cpu / handled * 1e6, 2) if handled else None
         if name.startswith("collector"):
             metrics = http_get(f"http://127.0.0.1:{ready_port}/metrics").decode()
             enqueued = sum(
@@ -277,9 +332,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=512, help="log records per request")
     p.add_argument("--channels", type=int, default=1, help="gRPC connections the calls are spread over")
     p.add_argument("--workers", type=int, default=1, help="service.workers of the collector")
+    p.add_argument("--breakdown", action="store_true", help="also time each step of a record alone, in this process")
     args = p.parse_args([] if argv is None else argv)
     started = time.monotonic()
     detail = run(args)
+    steps = breakdown(payloads(args.batch)) if args.breakdown else None
     base = statistics.median(r["baseline"]["records_per_s"] for r in detail["rounds"])
     rate = statistics.median(r["collector"]["records_per_s"] for r in detail["rounds"])
     result = {
@@ -293,6 +350,10 @@ def main(argv: list[str] | None = None) -> dict:
         "elapsed_s": round(time.monotonic() - started, 1),
         "rounds": detail["rounds"],
     }
+    cpu_per_record = statistics.median(r["collector"]["server_cpu_us_per_record"] or 0.0 for r in detail["rounds"])
+    result["collector_cpu_us_per_record"] = round(cpu_per_record, 2)
+    if steps is not None:
+        result["breakdown_us_per_record"] = steps
     print(f"collector, OTLP/gRPC logs, ack after commit (durability full): {rate:,.0f} records/s")
     print(
         f"baseline, grpc.aio server that only decodes the request:    {base:,.0f} records/s  -> ratio {rate / base:.3f}"
@@ -305,6 +366,14 @@ def main(argv: list[str] | None = None) -> dict:
             f"errors {c['errors']} enqueued {c.get('enqueued_events')}; baseline {b['records_per_s']:,.0f}/s "
             f"p50 {b['latency_ms']['p50']} ms CPU {b['server_cpu_pct']}%"
         )
+    print(f"collector CPU per record (all threads and processes): {cpu_per_record:.2f} us")
+    if steps is not None:
+        print("each step alone, us per record (best of 3, in this process):")
+        for name, us in steps.items():
+            print(f"  {name:<50} {us:>6.2f}")
+        print(f"  {'sum of the steps':<50} {sum(steps.values()):>6.2f}")
+        rest = cpu_per_record - sum(steps.values())
+        print(f"  {'rest (gRPC, pipeline, commit, delivery, threads)':<50} {rest:>6.2f}")
     print(
         f"({args.batch} records per request, {args.concurrency} in flight on {args.channels} connection(s), "
         f"workers: {args.workers}; {result['elapsed_s']} s)"
