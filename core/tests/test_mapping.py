@@ -411,3 +411,52 @@ def test_to_event_fills_defaults_drops_and_names_failures():
         compile_expression("1").to_event({}, None, {})
     with pytest.raises(ValueError, match=r"^failed: ZeroDivisionError: .*\(expression: 1 // this.n\)$"):
         compile_expression("1 // this.n").to_event({"n": 0}, None, {})
+
+
+# -- coalesce stops at the first value that is not None ------------------------------------------------
+
+
+def _counting_functions() -> tuple[dict, list]:
+    calls: list = []
+
+    def seen(value):
+        calls.append(value)
+        return value
+
+    return {**builtin_functions(), "seen": seen}, calls
+
+
+def test_coalesce_does_not_work_out_the_values_after_the_first_that_is_not_none():
+    functions, calls = _counting_functions()
+    fn = compile_expression("coalesce(seen(this.a), seen(this.b), seen(this.c))", functions).function
+    assert fn({"a": None, "b": 0, "c": 1}, {}) == 0
+    assert calls == [None, 0]  # this.c was never looked at
+    calls.clear()
+    assert fn({"a": "x"}, {}) == "x" and calls == ["x"]
+    calls.clear()
+    assert fn({}, {}) is None and calls == [None, None, None]
+    # A fallback that would fail is only a failure for the records that reach it.
+    safe = compile_expression("coalesce(this.id, 1 / 0)", functions).function
+    assert safe({"id": "e1"}, {}) == "e1"
+    with pytest.raises(ZeroDivisionError):
+        safe({"id": None}, {})
+
+
+def test_coalesce_keeps_its_meaning_inside_comprehensions_and_lambdas():
+    fn = compile_expression(
+        "[coalesce(x.a, x.b, 'none') for x in this.items] + [(lambda y: coalesce(y, this.d))(None)]",
+        builtin_functions(),
+    ).function
+    assert fn({"items": [{"a": None, "b": 2}, {"a": 1}, {}], "d": "d"}, {}) == [2, 1, "none", "d"]
+
+
+def test_coalesce_of_a_plugin_or_a_local_name_is_called_as_is():
+    functions, calls = _counting_functions()
+    mine = {**functions, "coalesce": lambda *values: list(values)}  # a registry may offer another coalesce
+    assert compile_expression("coalesce(seen(1), seen(2))", mine).function({}, {}) == [1, 2]
+    assert calls == [1, 2]
+    shadowed = compile_expression("(lambda coalesce: coalesce(1, 2))(max)", builtin_functions()).function
+    assert shadowed({}, {}) == 2
+    # A walrus in a later value still binds its name for the rest of the expression.
+    walrus = compile_expression("[coalesce(this.a, (y := 2)), y]", builtin_functions()).function
+    assert walrus({"a": 1}, {}) == [1, 2]

@@ -59,6 +59,7 @@ _ITEM = "_collector_item"
 _CALL = "_collector_call"
 _ITER = "_collector_iter"
 _SPEC = "_collector_spec"
+_COALESCE = "_collector_coalesce"
 _OPS = {ast.Add: "_collector_add", ast.Mult: "_collector_mul", ast.Pow: "_collector_pow",
         ast.LShift: "_collector_lshift", ast.Mod: "_collector_mod"}  # fmt: skip
 
@@ -354,6 +355,18 @@ class _Budget:
         return NotAllowedError(f"range and comprehensions produced over {MAX_ITEMS:,} items for one record")
 
 
+def lazy_coalesce(first: Any, *rest: Callable[[], Any]) -> Any:
+    """``coalesce`` as a mapping compiles it: the later arguments come as functions, called in turn
+    only while every value before was None."""
+    if first is not None:
+        return first
+    for later in rest:
+        value = later()
+        if value is not None:
+            return value
+    return None
+
+
 def safe_item(obj: Any, key: Any) -> Any:
     """``obj[key]``, None for a missing key, an index out of range, or None."""
     if obj is None:
@@ -377,8 +390,17 @@ class MappingCompileError(ConfigError):
 class _Rewriter(ast.NodeTransformer):
     """Checks names and rewrites attribute and subscript reads into safe lookups."""
 
-    def __init__(self, allowed: set[str], path: str | None, shift: Callable[..., tuple[Any, Any]]) -> None:
+    def __init__(
+        self,
+        allowed: set[str],
+        path: str | None,
+        shift: Callable[..., tuple[Any, Any]],
+        lazy_coalesce: bool = False,
+    ) -> None:
         self.allowed = allowed
+        # coalesce() is the curated one and the expression binds no other: its later arguments may be
+        # left unevaluated (see visit_Call).
+        self.lazy_coalesce = lazy_coalesce
         self.path = path
         self.scopes: list[set[str]] = []
         self.shift = shift  # positions in the stripped text -> positions in the source as written
@@ -428,6 +450,8 @@ class _Rewriter(ast.NodeTransformer):
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         func = node.func
+        if isinstance(func, ast.Name) and func.id == "coalesce" and self._lazy(node):
+            return self._coalesce(node)
         if not isinstance(func, ast.Attribute):
             return self.generic_visit(node)
         # value.name(args): a method call, through safe_call and its allow-list.
@@ -439,6 +463,27 @@ class _Rewriter(ast.NodeTransformer):
         keywords = [self.visit(k) for k in node.keywords]
         call = ast.Call(ast.Name(_CALL, ast.Load()), [value, ast.Constant(func.attr), *args], keywords)
         return ast.copy_location(call, node)
+
+    def _lazy(self, node: ast.Call) -> bool:
+        """Whether this ``coalesce(...)`` call may skip the arguments after the first value that is not None."""
+        return (
+            self.lazy_coalesce
+            and len(node.args) >= 2
+            and not node.keywords
+            and not any(isinstance(a, ast.Starred) for a in node.args)
+            and not any("coalesce" in scope for scope in self.scopes)
+            # a walrus in a later argument binds a name for the rest of the expression: keep it evaluated
+            and not any(isinstance(n, ast.NamedExpr) for a in node.args[1:] for n in ast.walk(a))
+        )
+
+    def _coalesce(self, node: ast.Call) -> ast.AST:
+        """``coalesce(a, b, c)`` as ``_coalesce(a, lambda: b, lambda: c)``: as SQL's COALESCE, the arguments
+        are evaluated left to right up to the first that is not None.  A fallback such as ``stable_id(...)``
+        then costs nothing for the records that carry their own value (the usual case)."""
+        none = ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[])
+        first = self.visit(node.args[0])
+        rest = [ast.copy_location(ast.Lambda(none, self.visit(a)), a) for a in node.args[1:]]
+        return ast.copy_location(ast.Call(ast.Name(_COALESCE, ast.Load()), [first, *rest], []), node)
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         name = _OPS.get(type(node.op))
@@ -617,7 +662,14 @@ def compile_expression(
     scope.update(functions)
     scope.update(extra_names or {})
     allowed = set(scope) | {"this", "meta", "True", "False", "None"}
-    rewriter = _Rewriter(allowed, path, shift)
+    from collector.functions import coalesce
+
+    rebound = any(
+        (isinstance(n, ast.Name) and n.id == "coalesce" and not isinstance(n.ctx, ast.Load))
+        or (isinstance(n, ast.arg) and n.arg == "coalesce")
+        for n in ast.walk(tree)
+    )
+    rewriter = _Rewriter(allowed, path, shift, lazy_coalesce=scope.get("coalesce") is coalesce and not rebound)
     body = rewriter.visit(tree.body)
     args = ast.arguments(
         posonlyargs=[], args=[ast.arg("this"), ast.arg("meta")], kwonlyargs=[], kw_defaults=[], defaults=[]
@@ -626,6 +678,7 @@ def compile_expression(
     ast.fix_missing_locations(module)
     code = compile(module, f"<mapping {path or ''}>", "eval")
     scope.update({_GET: safe_get, _ITEM: safe_item, _CALL: safe_call, _SPEC: format_spec})
+    scope[_COALESCE] = lazy_coalesce
     scope.update({"_collector_add": safe_add, "_collector_mul": safe_mul, "_collector_pow": safe_pow})
     scope.update({"_collector_lshift": safe_lshift, "_collector_mod": safe_mod})
     scope["__builtins__"] = {}  # nothing beyond what is in scope above
