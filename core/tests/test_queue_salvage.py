@@ -127,17 +127,7 @@ async def test_item_unreadable_while_running_is_quarantined_and_the_sender_moves
     try:
         for i in range(3):
             await queue.put([ev(i)])
-        table = queue._pq
-        assert table is not None
-        read = table.read
-        second = sorted(queue._meta)[1]
-
-        def damaged(item_id: int) -> bytes | None:
-            if item_id == second:  # its page went bad after the queue was opened
-                raise sqlite3.DatabaseError("database disk image is malformed")
-            return read(item_id)
-
-        table.read = damaged  # type: ignore[method-assign]
+        second = _damage_row(queue, 1)
         got = []
         while (item := queue.get(0.2)) is not None:
             got.extend(ids_of(item.events))
@@ -145,5 +135,44 @@ async def test_item_unreadable_while_running_is_quarantined_and_the_sender_moves
         assert got == ["e0", "e2"]
         stats = queue.stats()
         assert (stats.items, stats.events, stats.quarantined) == (0, 0, 1)  # not claimed forever
+        assert any(str(second) in p.name for p in (tmp_path / "q" / "quarantine").iterdir())
+    finally:
+        queue.close()
+
+
+def _damage_row(queue: DurableQueue, index: int) -> int:
+    """Make the row of the ``index``-th item unreadable, as a page gone bad would: any SELECT touching it fails."""
+    table = queue._pq
+    assert table is not None
+    read, read_many = table.read, table.read_many
+    bad = sorted(queue._meta)[index]
+
+    def damaged(item_id: int) -> bytes | None:
+        if item_id == bad:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return read(item_id)
+
+    def damaged_many(item_ids):
+        if bad in item_ids:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return read_many(item_ids)
+
+    table.read = damaged  # type: ignore[method-assign]
+    table.read_many = damaged_many  # type: ignore[method-assign]
+    return bad
+
+
+async def test_a_damaged_row_among_items_read_together_costs_only_that_item(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path / "q", commit_wait_ms=0)
+    queue.open()
+    try:
+        for i in range(5):
+            await queue.put([ev(i)])
+        _damage_row(queue, 2)
+        items = queue.get_many(0.2, 100)  # one SELECT fails: read one by one, the others still go out
+        assert [ids_of(item.events) for item in items] == [["e0"], ["e1"], ["e3"], ["e4"]]
+        queue.ack(*(item.id for item in items))
+        stats = queue.stats()
+        assert (stats.items, stats.events, stats.quarantined) == (0, 0, 1)
     finally:
         queue.close()

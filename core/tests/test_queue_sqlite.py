@@ -123,6 +123,43 @@ async def test_put_get_ack_round_trip(make_queue: Any) -> None:
     assert queue.stats().items == 0
 
 
+@pytest.mark.parametrize("kind", ["durable", "memory"])
+async def test_get_many_hands_out_the_oldest_items_that_fit(make_queue: Any, kind: str) -> None:
+    from collector.runtime.queue.memory import MemoryQueue
+
+    queue = make_queue(commit_wait_ms=0) if kind == "durable" else MemoryQueue(max_bytes=1 << 20)
+    for n in (3, 2, 4, 1):  # items of 3, 2, 4 and 1 events, in this order
+        await queue.put([{"item": n, "i": i} for i in range(n)])
+    first = queue.get_many(0, 6)  # 3 + 2 fit, 3 + 2 + 4 do not
+    assert [len(item.events) for item in first] == [3, 2]
+    second = queue.get_many(0, 2)  # an item bigger than max_events still goes, alone
+    assert [len(item.events) for item in second] == [4]
+    assert [len(item.events) for item in queue.get_many(0, 100)] == [1]
+    assert queue.get_many(0.01, 100) == []  # all claimed: nothing is handed out twice
+    # Released items keep their place: the oldest goes out first again.
+    queue.release(second[0].id)
+    queue.release(first[0].id)
+    again = queue.get_many(0, 100)
+    assert [item.id for item in again] == [first[0].id, second[0].id]
+    queue.ack(*(item.id for item in [*again, first[1]]))
+    assert queue.stats().items == 1  # the 1-event item: claimed, not acknowledged
+
+
+async def test_get_many_claims_in_order_with_thousands_claimed(make_queue: Any) -> None:
+    queue = make_queue(commit_wait_ms=0)
+    for i in range(3000):
+        await queue.put([{"n": i}])
+    taken: list[QueueItem] = []
+    while items := queue.get_many(0, 7):
+        taken.extend(items)  # none acknowledged: every claim stays outstanding
+    assert [item.events[0]["n"] for item in taken] == list(range(3000))
+    queue.ack(*(item.id for item in taken[::2]))  # acknowledged out of order, then the rest released
+    for item in taken[1::2]:
+        queue.release(item.id)
+    back = queue.get_many(0, 10_000)
+    assert [item.events[0]["n"] for item in back] == list(range(1, 3000, 2))
+
+
 async def test_get_waits_for_a_put(make_queue: Any) -> None:
     queue = make_queue()
     got: list[QueueItem | None] = []

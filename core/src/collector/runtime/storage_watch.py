@@ -148,6 +148,9 @@ class WatchedQueue:
     def get(self, timeout: float) -> QueueItem | None:
         return self.inner.get(timeout)
 
+    def get_many(self, timeout: float, max_events: int) -> list[QueueItem]:
+        return self.inner.get_many(timeout, max_events)
+
     def ack(self, *item_ids: int) -> None:
         self.inner.ack(*item_ids)
 

@@ -2,7 +2,7 @@
 
 One queue per exporter.  Producers (receivers, on their event loop) call the
 async :meth:`BatchQueue.put`, which returns only once the events are committed;
-the sender, in its own thread, takes items with the blocking :meth:`get` and
+the sender, in its own thread, takes items with the blocking :meth:`get_many` and
 acknowledges them by id once every event in them is delivered or dead-lettered.
 
 Implementations:
@@ -62,6 +62,10 @@ class BatchQueue(Protocol):
 
     def get(self, timeout: float) -> QueueItem | None:
         """Block up to ``timeout`` seconds for the next unclaimed item."""
+
+    def get_many(self, timeout: float, max_events: int) -> list[QueueItem]:
+        """Block up to ``timeout`` seconds for the next unclaimed items: the oldest that fit in
+        ``max_events`` events together, at least one ([] when none came)."""
 
     def ack(self, *item_ids: int) -> None:
         """These items are finished (delivered or dead-lettered): forget them, at once (one transaction)."""

@@ -50,16 +50,28 @@ class MemoryQueue:
                 raise BackpressureError(f"queue is full ({self._bytes} of {self.max_bytes} bytes)", retry_after=1.0)
 
     def get(self, timeout: float) -> QueueItem | None:
+        items = self.get_many(timeout, 1)
+        return items[0] if items else None
+
+    def get_many(self, timeout: float, max_events: int) -> list[QueueItem]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._ready:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return None
+                    return []
                 self._cond.wait(left)
-            _, item = self._ready.popitem(last=False)
-            self._claimed[item.id] = item
-            return item
+            items: list[QueueItem] = []
+            total = 0
+            while self._ready:
+                item = next(iter(self._ready.values()))
+                if items and total + len(item.events) > max_events:
+                    break
+                self._ready.popitem(last=False)
+                self._claimed[item.id] = item
+                items.append(item)
+                total += len(item.events)
+            return items
 
     def ack(self, *item_ids: int) -> None:
         with self._cond:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import heapq
 import logging
 import os
 import re
@@ -234,6 +235,9 @@ class DurableQueue:
         self._state_cv = threading.Condition()
         self._meta: OrderedDict[int, _Meta] = OrderedDict()  # unacked, by id
         self._claimed: set[int] = set()
+        # Ids not claimed, as a heap (oldest first): a claim takes from the top instead of walking
+        # past every claimed id.  Acknowledged or dropped ids leave it when they reach the top.
+        self._ready: list[int] = []
         self._events = 0
         self._bytes = 0
         self._quarantined = 0
@@ -428,6 +432,7 @@ class DurableQueue:
     def _reset_counters_locked(self) -> None:
         self._meta.clear()
         self._claimed.clear()
+        self._ready.clear()
         self._events = self._bytes = 0
         # The writer decides afresh whether the reopened queue is full.
         self._full = self._disk_full = False
@@ -659,18 +664,26 @@ class DurableQueue:
 
     def get(self, timeout: float) -> QueueItem | None:
         """The oldest unclaimed item, waiting up to ``timeout`` seconds."""
+        items = self.get_many(timeout, 1)
+        return items[0] if items else None
+
+    def get_many(self, timeout: float, max_events: int) -> list[QueueItem]:
+        """The oldest unclaimed items that fit in ``max_events`` events together (always at least one),
+        read with one SELECT; waits up to ``timeout`` seconds for the first ([] when none came).
+
+        A sender fills a request of small items (a group commit of a few single-event requests) in
+        one trip to its I/O thread instead of one per item.
+        """
         self._require_storage()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             if not self._wait_ready(deadline):
-                return None
-            claimed = self._claim_next()
-            if claimed is None:
-                self._pause_after_miss(deadline)
-                continue
-            item = self._to_item(*claimed)
-            if item is not None:
-                return item
+                return []
+            claimed = self._claim(max_events)
+            items = [item for item in (self._to_item(i, data) for i, data in claimed) if item is not None]
+            if items:
+                return items
+            self._pause_after_miss(deadline)
 
     def _wait_ready(self, deadline: float) -> bool:
         """True once some item is neither claimed nor acked."""
@@ -683,26 +696,89 @@ class DurableQueue:
             return self._open
 
     def _pause_after_miss(self, deadline: float) -> None:
-        # The counters said "ready" but the table had nothing (another sender
-        # won the race): wait briefly rather than spin.
+        # The counters said "ready" but nothing could be handed out (another sender
+        # won the race, or the rows were unreadable): wait briefly rather than spin.
         with self._state_cv:
             self._state_cv.wait(max(0.0, min(0.05, deadline - time.monotonic())))
 
-    def _claim_next(self) -> tuple[int, bytes] | None:
-        """Claim the oldest unclaimed item: in memory only, a plain SELECT on disk.
+    def _claim(self, max_events: int) -> list[tuple[int, bytes]]:
+        """Claim the oldest unclaimed items (in memory only) and read them: one SELECT for them all.
 
         A mark on disk is not needed for safety: after a crash every
         unacknowledged row is sent again anyway, so claims live in
-        ``_claimed`` (see :mod:`collector.runtime.queue.storage`).
+        ``_claimed`` (see :mod:`collector.runtime.queue.storage`).  A damaged
+        page fails the whole SELECT: then the items are read one by one, so
+        that only the unreadable ones are quarantined.
         """
         with self._db_lock:
             if self._pq is None:  # closed while we were waiting
-                return None
+                return []
             with self._state_cv:
-                item_id = next((i for i in self._meta if i not in self._claimed), None)
-                if item_id is None:
-                    return None
-                self._claimed.add(item_id)
+                ids = self._take_ready_locked(max_events)
+            if not ids:
+                return []
+            try:
+                rows: dict[int, bytes] | None = self._pq.read_many(ids)
+            except sqlite3.DatabaseError as exc:
+                if not db.is_corrupt(exc):  # locked, I/O: hand them back, the caller retries
+                    self._unclaim(ids)
+                    raise
+                rows = None
+        if rows is None:
+            return self._read_one_by_one(ids)
+        gone = [i for i in ids if i not in rows]
+        if gone:  # deleted behind our back: forget them
+            with self._state_cv:
+                for item_id in gone:
+                    self._forget_locked(item_id)
+        return [(i, rows[i]) for i in ids if i in rows]
+
+    def _take_ready_locked(self, max_events: int) -> list[int]:
+        """Claim the oldest ready ids whose events fit in ``max_events`` (at least one id)."""
+        ids: list[int] = []
+        total = 0
+        ready, meta, claimed = self._ready, self._meta, self._claimed
+        while ready:
+            item_id = ready[0]
+            found = meta.get(item_id)
+            if found is None or item_id in claimed:  # acknowledged, dropped or claimed since: a stale entry
+                heapq.heappop(ready)
+                continue
+            if ids and total + found.events > max_events:
+                break
+            heapq.heappop(ready)
+            claimed.add(item_id)
+            ids.append(item_id)
+            total += found.events
+        return ids
+
+    def _unclaim(self, item_ids: Iterable[int]) -> None:
+        """Make claimed items ready again (they keep their place: the oldest goes out first)."""
+        with self._state_cv:
+            for item_id in item_ids:
+                if item_id in self._claimed:
+                    self._claimed.discard(item_id)
+                    heapq.heappush(self._ready, item_id)
+            self._state_cv.notify()
+
+    def _read_one_by_one(self, item_ids: list[int]) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        for n, item_id in enumerate(item_ids):
+            try:
+                data = self._read_claimed(item_id)
+            except BaseException:
+                self._unclaim(item_ids[n + 1 :])
+                raise
+            if data is not None:
+                out.append((item_id, data))
+        return out
+
+    def _read_claimed(self, item_id: int) -> bytes | None:
+        """The bytes of one claimed item; None when it is gone or unreadable (then quarantined).
+        Any other storage error hands the claim back and is raised."""
+        with self._db_lock:
+            if self._pq is None:  # closed meanwhile
+                return None
             try:
                 data = self._pq.read(item_id)
             except sqlite3.DatabaseError as exc:
@@ -710,10 +786,8 @@ class DurableQueue:
             else:
                 failure = None
         if failure is not None:
-            if not db.is_corrupt(failure):  # locked, I/O: hand it back, the caller retries
-                with self._state_cv:
-                    self._claimed.discard(item_id)
-                    self._state_cv.notify()
+            if not db.is_corrupt(failure):
+                self._unclaim([item_id])
                 raise failure
             self._quarantine_unreadable_row(item_id, str(failure))
             return None
@@ -721,7 +795,7 @@ class DurableQueue:
             with self._state_cv:
                 self._forget_locked(item_id)
             return None
-        return item_id, data
+        return data
 
     def _to_item(self, item_id: int, data: bytes) -> QueueItem | None:
         """Decode a claimed item; quarantine it (and return None) if unreadable."""
@@ -752,6 +826,7 @@ class DurableQueue:
                 log.warning("queue %s: release of unclaimed item %d ignored", self.name, item_id)
                 return
             self._claimed.discard(item_id)
+            heapq.heappush(self._ready, item_id)
             self._state_cv.notify()
 
     # ------------------------------------------------------------ quarantine
@@ -828,6 +903,8 @@ class DurableQueue:
             )
 
     def _register_locked(self, item_id: int, meta: _Meta) -> None:
+        if item_id not in self._meta:
+            heapq.heappush(self._ready, item_id)
         self._meta[item_id] = meta
         self._events += meta.events
         self._bytes += meta.size

@@ -308,18 +308,25 @@ class ExporterRunner:
                 await self.host.run_io(self._recount_dead_letters)
 
     async def _fill(self, timeout: float) -> bool:
-        """Move one queue item into the batcher; False when none came within ``timeout``."""
-        item: QueueItem | None = await self.host.run_io(self.queue.get, timeout)
-        if item is None:
+        """Move the next queue items into the batcher, as many as the request being filled has room
+        for, in one trip to the I/O thread; False when none came within ``timeout``."""
+        room = max(1, self.batcher.settings.max_events - len(self.batcher))
+        items: list[QueueItem] = await self.host.run_io(self.queue.get_many, timeout, room)
+        if not items:
             return False
-        self._buffer_batch_sent.inc()
-        # enqueued_at is the queue's wall-clock stamp, so the latency is too.
-        self._buffer_latency.observe(max(0.0, time.time() - item.enqueued_at) * 1e9)
-        if not item.events:  # nothing to send: finished already
-            await self.host.run_io(self.queue.ack, item.id)
-            return True
-        self._trackers[item.id] = self.batcher.add(item)
-        self.stats.in_flight_events += len(item.events)
+        finished: list[int] = []
+        now = time.time()
+        for item in items:
+            self._buffer_batch_sent.inc()
+            # enqueued_at is the queue's wall-clock stamp, so the latency is too.
+            self._buffer_latency.observe(max(0.0, now - item.enqueued_at) * 1e9)
+            if not item.events:  # nothing to send: finished already
+                finished.append(item.id)
+                continue
+            self._trackers[item.id] = self.batcher.add(item)
+            self.stats.in_flight_events += len(item.events)
+        if finished:
+            await self.host.run_io(self.queue.ack, *finished)
         return True
 
     async def _next_batch(self) -> list[Pending]:
