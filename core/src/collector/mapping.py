@@ -398,8 +398,8 @@ class _Rewriter(ast.NodeTransformer):
         lazy_coalesce: bool = False,
     ) -> None:
         self.allowed = allowed
-        # coalesce() is the curated one and the expression binds no other: its later arguments may be
-        # left unevaluated (see visit_Call).
+        # coalesce() is the curated one and the expression binds the name nowhere (no lambda parameter,
+        # comprehension target or walrus): its later arguments may be left unevaluated (see visit_Call).
         self.lazy_coalesce = lazy_coalesce
         self.path = path
         self.scopes: list[set[str]] = []
@@ -471,7 +471,6 @@ class _Rewriter(ast.NodeTransformer):
             and len(node.args) >= 2
             and not node.keywords
             and not any(isinstance(a, ast.Starred) for a in node.args)
-            and not any("coalesce" in scope for scope in self.scopes)
             # a walrus in a later argument binds a name for the rest of the expression: keep it evaluated
             and not any(isinstance(n, ast.NamedExpr) for a in node.args[1:] for n in ast.walk(a))
         )
