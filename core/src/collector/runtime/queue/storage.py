@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +156,9 @@ class QueueTable(SQLiteAckQueue):
         """The stored bytes of these items by id (the ones gone are missing): one SELECT per 500 ids."""
         conn = self._side()
         out: dict[int, bytes] = {}
-        for i in range(0, len(item_ids), _IDS_PER_STATEMENT):
-            chunk = item_ids[i : i + _IDS_PER_STATEMENT]
+        for placeholders, chunk in _in_chunks(item_ids):
             rows = conn.execute(
-                f"SELECT {self._key_column}, data FROM {self._table_name}"
-                f" WHERE {self._key_column} IN ({','.join('?' * len(chunk))})",
+                f"SELECT {self._key_column}, data FROM {self._table_name} WHERE {self._key_column} IN {placeholders}",
                 chunk,
             )
             out.update((int(key), bytes(data or b"")) for key, data in rows)
@@ -182,13 +180,13 @@ class QueueTable(SQLiteAckQueue):
         """Acknowledge items: delete their rows, one transaction, no fsync of its own."""
         conn = self._side()
         sql = f"DELETE FROM {self._table_name} WHERE {self._key_column} IN "
-        if len(item_ids) <= _IDS_PER_STATEMENT:
-            conn.execute(sql + f"({','.join('?' * len(item_ids))})", item_ids)
+        chunks = list(_in_chunks(item_ids))
+        if len(chunks) == 1:
+            conn.execute(sql + chunks[0][0], chunks[0][1])
             return
-        with db.transaction(conn):  # older SQLite builds take at most 999 parameters per statement
-            for i in range(0, len(item_ids), _IDS_PER_STATEMENT):
-                chunk = item_ids[i : i + _IDS_PER_STATEMENT]
-                conn.execute(sql + f"({','.join('?' * len(chunk))})", chunk)
+        with db.transaction(conn):  # several statements, one transaction
+            for placeholders, chunk in chunks:
+                conn.execute(sql + placeholders, chunk)
 
     def free_pages_bytes(self) -> int:
         """Room inside the file (pages freed by deletes that SQLite reuses before growing it)."""
@@ -231,6 +229,14 @@ class QueueTable(SQLiteAckQueue):
         return self.side
 
 
-_IDS_PER_STATEMENT = 500
+_IDS_PER_STATEMENT = 500  # older SQLite builds take at most 999 parameters per statement
+
+
+def _in_chunks(item_ids: Sequence[int]) -> Iterator[tuple[str, Sequence[int]]]:
+    """``item_ids`` in chunks of at most :data:`_IDS_PER_STATEMENT`, each with its ``(?,?,...)``."""
+    for i in range(0, len(item_ids), _IDS_PER_STATEMENT):
+        chunk = item_ids[i : i + _IDS_PER_STATEMENT]
+        yield f"({','.join('?' * len(chunk))})", chunk
+
 
 __all__ = ["HEADER_BYTES", "QueueTable", "RawBytes"]
