@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel
 
+from collector.api import ComponentSpec, hookimpl
 from collector.config import ServiceConfig, load_config
 from collector.errors import ConfigError
 from collector.plugins import load_registry
 from collector.runtime import metrics_merge
 from collector.runtime.layout import StorageLayout
+from collector.runtime.service import Service
 
 
 def _process(requests: float, queue: float, age: float, up: float, seconds: list[float]) -> str:
@@ -114,3 +118,63 @@ def test_worker_shards_are_numbered_directories_in_the_storage(tmp_path: Path) -
     assert list(layout.worker_shards()) == [1, 2, 10]
     with pytest.raises(ValueError):
         layout.for_worker(0)
+
+
+class _Stateful(BaseModel):
+    keep_state: bool = True
+
+
+class _StatefulPushPlugin:
+    """A push receiver type that may run in every worker unless its configuration keeps state."""
+
+    @hookimpl
+    def collector_receivers(self) -> list[ComponentSpec[Any]]:
+        def why(config: _Stateful) -> str | None:
+            return "keep_state needs one process" if config.keep_state else None
+
+        return [
+            ComponentSpec(
+                "receiver",
+                "stateful_push",
+                _Stateful,
+                lambda ctx, cfg: None,  # type: ignore[arg-type, return-value]
+                worker_safe=True,
+                single_process=why,
+            )
+        ]
+
+
+_STATEFUL = """
+receivers: {{stateful_push: {{keep_state: {keep}}}, http: {{endpoint: "127.0.0.1:8099"}}}}
+processors: {{dedupe: {{}}}}
+exporters: {{debug: {{}}}}
+service:
+  workers: 2
+  pipelines:
+    stateful: {{receivers: [stateful_push], processors: [dedupe], exporters: [debug]}}
+    events: {{receivers: [http], exporters: [debug]}}
+"""
+
+
+def test_a_push_receiver_whose_settings_need_one_process_runs_in_the_primary(tmp_path: Path) -> None:
+    registry = load_registry(extra_plugins=[("stateful", _StatefulPushPlugin())])
+    loaded = load_config(_STATEFUL.format(keep="true"), registry)
+    # Said to the user (logged at start, printed by `collector validate`) ...
+    assert loaded.warnings == [
+        "receivers.stateful_push runs in the primary process only, not in the 2 workers: keep_state needs one process"
+    ]
+    # ... it runs once, in the primary; the http receiver runs in the workers.
+    runs = {
+        role: {rid for rid in ("stateful_push", "http") if Service(loaded, registry, role=role).receiver_runs_here(rid)}
+        for role in ("primary", "worker")
+    }
+    assert runs == {"primary": {"stateful_push"}, "worker": {"http"}}
+    # (Its pipeline runs once, so the dedupe there was accepted.)
+
+    # Configured without state, it runs in every worker, and the dedupe in its pipeline is refused.
+    with pytest.raises(ConfigError) as exc:
+        load_config(_STATEFUL.format(keep="false"), registry)
+    assert "processor 'dedupe' keeps state that one process must own" in str(exc.value)
+    loaded = load_config(_STATEFUL.format(keep="false").replace("processors: [dedupe], ", ""), registry)
+    assert loaded.warnings == ["processors.dedupe is defined but no pipeline uses it; it will not run"]
+    assert Service(loaded, registry, role="worker").receiver_runs_here("stateful_push")

@@ -145,6 +145,13 @@ def tree_cpu_seconds(pid: int) -> float:
     processes: the CPU per acknowledged event must count them all (a worker
     that was restarted and reaped is in the parent's cutime/cstime).
     """
+    return sum(tree_cpu_by_process(pid).values())
+
+
+def tree_cpu_by_process(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of ``pid`` and of each live descendant, by PID; ``pid``'s own figure
+    includes the children it has reaped.  The difference of two readings shows how the work was
+    spread over worker processes (SO_REUSEPORT gives each connection to one of them)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -155,18 +162,20 @@ def tree_cpu_seconds(pid: int) -> float:
             continue
         children.setdefault(ppid, []).append(int(entry))
     hz = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
+    out: dict[int, float] = {}
+    todo = [pid]
     while todo:
         current = todo.pop()
         try:
             fields = _stat_fields(current)
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
+        ticks = int(fields[11]) + int(fields[12])
         if current == pid:
-            total += int(fields[13]) + int(fields[14])
+            ticks += int(fields[13]) + int(fields[14])
+        out[current] = ticks / hz
         todo.extend(children.get(current, ()))
-    return total / hz
+    return out
 
 
 def machine_cpu_seconds() -> tuple[float, float]:

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,79 @@ def test_a_port_of_zero_and_a_single_process_processor_are_refused(tmp_path: Pat
     )
     assert out.returncode == 2
     assert "processor 'dedupe' keeps state that one process must own" in out.stderr
+
+
+# A cumulative counter billed by its deltas (docs/components/otlp-receiver.md): one usage event per
+# non-zero delta, its id from the series and the point's time.
+_METER_MAPPING = (
+    'None if not this.value else {"specversion": "1.0", "type": "tokens", "source": "otlp-test", '
+    '"id": stable_id(this.series, this.time), "subject": this.attributes["user"], "time": this.time, '
+    '"data": {"value": this.value}}'
+)
+
+
+def _cumulative_export(value: int, second: int) -> bytes:
+    """An OTLP/HTTP metrics export: the counter of user acme stands at ``value`` (CUMULATIVE, one series)."""
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    start = 1_700_000_000 * 1_000_000_000
+    point = metrics_pb2.NumberDataPoint(
+        start_time_unix_nano=start,
+        time_unix_nano=start + second * 1_000_000_000,
+        as_int=value,
+        attributes=[common_pb2.KeyValue(key="user", value=common_pb2.AnyValue(string_value="acme"))],
+    )
+    metric = metrics_pb2.Metric(
+        name="tokens",
+        sum=metrics_pb2.Sum(
+            data_points=[point],
+            aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE,
+            is_monotonic=True,
+        ),
+    )
+    request = metrics_service_pb2.ExportMetricsServiceRequest(
+        resource_metrics=[metrics_pb2.ResourceMetrics(scope_metrics=[metrics_pb2.ScopeMetrics(metrics=[metric])])]
+    )
+    return request.SerializeToString()
+
+
+def test_cumulative_otlp_metrics_are_billed_once_whichever_worker_takes_the_connection(tmp_path: Path) -> None:
+    """The cumulative-to-delta state belongs to one process. An SDK that opens a new connection per
+    export (OTLP/HTTP after an idle timeout) must not reach a worker that never saw the series and
+    bills its whole cumulative value again: the otlp receiver then runs in the primary only."""
+    otlp_port = free_port()
+    with FakeOpenMeter.in_thread() as fake:
+        cfg = _config(tmp_path, fake.url)
+        cfg["receivers"]["otlp"] = {"grpc": None, "http": {"endpoint": f"127.0.0.1:{otlp_port}"}}
+        cfg["processors"] = {"mapping": {"expression": _METER_MAPPING}}
+        cfg["service"]["pipelines"]["metrics"] = {
+            "receivers": ["otlp"],
+            "processors": ["mapping"],
+            "exporters": [EXPORTER_ID],
+        }
+        with CollectorProcess(tmp_path, cfg) as proc:
+            proc.start()
+            proc.wait_started(timeout=30)
+            exports = 16
+            for i in range(1, exports + 1):  # the counter grows by 10 between exports
+                conn = http.client.HTTPConnection("127.0.0.1", otlp_port, timeout=10)
+                try:
+                    conn.request(
+                        "POST", "/v1/metrics", _cumulative_export(10 * i, i), {"Content-Type": "application/x-protobuf"}
+                    )
+                    answer = conn.getresponse()
+                    assert answer.status == 200, answer.read()
+                finally:
+                    conn.close()
+
+            def billed() -> int:  # OpenMeter counts an event id once
+                return sum(int(e["data"]["value"]) for e in {e["id"]: e for e in fake.arrivals}.values())
+
+            eventually_sync(lambda: billed() >= 10 * exports, timeout=20, message="the usage is delivered")
+            time.sleep(0.5)  # room for any event billed twice to arrive too
+            assert billed() == 10 * exports, [e["data"]["value"] for e in fake.arrivals]
+            assert len(fake.ids()) == exports
+            assert "runs in the primary process only" in proc.log_tail(200)
+            assert proc.stop() == 0

@@ -50,7 +50,7 @@ from collector.endpoints import parse_endpoint
 from collector.errors import ConfigError
 from collector.mapping import registry_functions
 from collector.plugins import Registry
-from collector.specs import SECTION, ComponentID, ComponentKind
+from collector.specs import SECTION, ComponentID, ComponentKind, ComponentSpec
 
 # ${VAR}, ${VAR:-default}, and ${VAR:?message} (POSIX: unset or empty is an error carrying the message).
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?\}")
@@ -431,32 +431,58 @@ def validate_components(raw: CollectorConfig, registry: Registry) -> LoadedConfi
             components[(kind, cid)] = ComponentConfig(cid, kind, type_name, model)  # type: ignore[arg-type]
 
     errors.extend(_check_pipelines(raw, warnings))
-    errors.extend(_check_workers(raw, registry))
+    errors.extend(_check_workers(raw, registry, components, warnings))
     if errors:
         raise ConfigErrors(errors)
     return LoadedConfig(raw=raw, components=components, warnings=warnings)
 
 
-def _check_workers(raw: CollectorConfig, registry: Registry) -> Iterator[ConfigError]:
-    """With several worker processes, every component of a pipeline they run must be worker-safe."""
+def _check_workers(
+    raw: CollectorConfig,
+    registry: Registry,
+    components: dict[tuple[str, str], ComponentConfig],
+    warnings: list[str],
+) -> Iterator[ConfigError]:
+    """With several worker processes, every component of a pipeline they run must be worker-safe.
+
+    A receiver of a worker-safe type whose configuration needs one process runs once, in the
+    primary: that is said in ``warnings`` (the user asked for workers and this receiver will not use them).
+    """
     if raw.service.worker_count() <= 1:
         return
     sections = {"receiver": raw.receivers, "processor": raw.processors, "exporter": raw.exporters}
 
-    def safe(kind: str, cid: str) -> bool:
-        if cid not in sections[kind]:
-            return True  # reported by _check_pipelines
+    def spec_of(kind: str, cid: str) -> ComponentSpec | None:
+        if cid not in sections[kind] or (kind, cid) not in components:
+            return None  # reported by _check_pipelines or validate_components
         try:
-            return registry.component(kind, ComponentID.parse(cid).type).worker_safe  # type: ignore[arg-type]
+            return registry.component(kind, ComponentID.parse(cid).type)  # type: ignore[arg-type]
         except (ConfigError, ValueError):
-            return True  # reported by validate_components
+            return None  # reported by validate_components
+
+    def reason(kind: str, cid: str) -> str | None:
+        spec = spec_of(kind, cid)
+        return None if spec is None else spec.single_process_reason(components[(kind, cid)].config)
+
+    in_workers: set[str] = set()
+    for rid in raw.receivers:
+        why = reason("receiver", rid)
+        if why is None:
+            in_workers.add(rid)
+            continue
+        spec = spec_of("receiver", rid)
+        if spec is not None and spec.worker_safe:  # a push receiver held to one process by its settings
+            warnings.append(
+                f"receivers.{rid} runs in the primary process only, not in the {raw.service.worker_count()} "
+                f"workers: {why}"
+            )
 
     for name, pipe in raw.service.pipelines.items():
-        if not any(safe("receiver", rid) for rid in pipe.receivers):
-            continue  # pull receivers only: it runs once, in the primary process
+        if not any(rid in in_workers for rid in pipe.receivers):
+            continue  # no receiver that workers run: it runs once, in the primary process
         for section, kind in (("processors", "processor"), ("exporters", "exporter")):
             for cid in getattr(pipe, section):
-                if not safe(kind, cid):
+                if reason(kind, cid) is not None:
                     yield ConfigError(
                         f"{kind} {cid!r} keeps state that one process must own, but worker processes run this "
                         f"pipeline (service.workers: {raw.service.workers}); use workers: 1, or move {cid!r} to a "

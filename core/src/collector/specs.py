@@ -94,6 +94,18 @@ class ComponentSpec(Generic[ConfigT]):
     #: in the primary process; a processor or exporter that is not worker-safe
     #: is refused in a pipeline that a worker-safe receiver feeds.
     worker_safe: bool = False
+    #: For a worker-safe type, what in one instance's configuration makes it unsafe after all:
+    #: called with the validated config, it returns why that instance must run in one process, or
+    #: None.  Such a receiver runs once, in the primary process (as a pull receiver does); such a
+    #: processor or exporter is refused where workers run its pipeline.  The otlp receiver uses it:
+    #: its cumulative-to-delta state belongs to one process.
+    single_process: Callable[[ConfigT], str | None] | None = None
+
+    def single_process_reason(self, config: ConfigT) -> str | None:
+        """Why an instance configured with ``config`` must run in one process; None when every worker may run it."""
+        if not self.worker_safe:
+            return "it keeps state that one process must own"
+        return self.single_process(config) if self.single_process is not None else None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

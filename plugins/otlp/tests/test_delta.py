@@ -268,3 +268,33 @@ def test_the_wal_is_truncated_after_many_series(tmp_path):
     h.export(many(20, 10))  # a later small write starts the WAL again, truncated
     wal = tmp_path / "otlp-delta.sqlite-wal"
     assert wal.stat().st_size <= 4 * 1024 * 1024 + 64 * 1024
+
+
+_WORKERS = """
+receivers:
+  otlp: {{grpc: {{endpoint: "127.0.0.1:4317"}}, http: null, metrics: {{cumulative_to_delta: {delta}}}}}
+exporters: {{debug: {{}}}}
+service:
+  workers: 2
+  pipelines:
+    metrics: {{receivers: [otlp], exporters: [debug]}}
+"""
+
+
+def test_with_workers_the_delta_state_keeps_the_receiver_in_one_process(registry):
+    """Each worker would keep its own state, and an export reaching a worker that never saw its series
+    would bill the series again (tests/e2e/test_workers.py shows it end to end)."""
+    from collector.config import load_config
+    from collector.runtime.service import Service
+
+    loaded = load_config(_WORKERS.format(delta="true"), registry)
+    (warning,) = loaded.warnings
+    assert warning.startswith("receivers.otlp runs in the primary process only, not in the 2 workers:")
+    assert "metrics.cumulative_to_delta" in warning
+    assert Service(loaded, registry, role="primary").receiver_runs_here("otlp")
+    assert not Service(loaded, registry, role="worker").receiver_runs_here("otlp")
+
+    loaded = load_config(_WORKERS.format(delta="false"), registry)
+    assert loaded.warnings == []
+    assert Service(loaded, registry, role="worker").receiver_runs_here("otlp")
+    assert not Service(loaded, registry, role="primary").receiver_runs_here("otlp")

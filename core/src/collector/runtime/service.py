@@ -199,7 +199,11 @@ class Service:
             return True
         if self.role == "drain":
             return False
-        safe = self.registry.component("receiver", self.loaded.get("receiver", rid).type).worker_safe
+        component = self.loaded.get("receiver", rid)
+        spec = self.registry.component("receiver", component.type)
+        # A worker-safe type may still need one process for this configuration (its reason is
+        # among the configuration's warnings): it then runs once, in the primary, like a pull receiver.
+        safe = spec.single_process_reason(component.config) is None
         return safe if self.role == "worker" else not safe
 
     def build(self) -> None:

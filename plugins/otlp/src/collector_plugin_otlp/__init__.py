@@ -22,6 +22,18 @@ def _make_receiver(ctx: ComponentContext, config: OtlpReceiverConfig) -> Receive
     return OtlpReceiver(ctx, config)
 
 
+def _single_process(config: OtlpReceiverConfig) -> str | None:
+    """The cumulative-to-delta state must see every point of a series: worker processes would each keep
+    their own, and an export reaching a worker that never saw its series would bill it again."""
+    if config.metrics.cumulative_to_delta:
+        return (
+            "metrics.cumulative_to_delta keeps the last value of each series, which one process must own "
+            "(an export reaching another worker would count the series again); set it to false, with SDKs "
+            "exporting delta temporality, to run this receiver in every worker"
+        )
+    return None
+
+
 @hookimpl
 def collector_receivers() -> list[ComponentSpec[Any]]:
     return [
@@ -32,5 +44,6 @@ def collector_receivers() -> list[ComponentSpec[Any]]:
             _make_receiver,
             description="OpenTelemetry logs, metrics and traces (OTLP/gRPC and OTLP/HTTP) as records for mappings.",
             worker_safe=True,  # every worker process listens on the ports (SO_REUSEPORT)
+            single_process=_single_process,
         )
     ]
