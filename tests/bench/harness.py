@@ -258,7 +258,7 @@ exporters:
     # Short backoff so that the drain starts soon after the destination is
     # back; the drain rate is measured from the first delivery anyway.
     retry: {{initial_interval: 0.05, max_interval: 0.5}}
-    queue: {{durability: full}}
+    queue: {{durability: full}}{batch}
 storage:
   directory: {storage}
 service:
@@ -272,7 +272,13 @@ class Collector:
     """``collector run -c cfg.yaml`` as a subprocess, with its ports."""
 
     def __init__(
-        self, procs: Procs, workdir: Path, sink_port: int, name: str = "collector", workers: int | None = None
+        self,
+        procs: Procs,
+        workdir: Path,
+        sink_port: int,
+        name: str = "collector",
+        workers: int | None = None,
+        max_events: int | None = None,
     ) -> None:
         self.procs = procs
         self.workdir = workdir
@@ -287,6 +293,8 @@ class Collector:
                 admin_port=self.admin_port,
                 sink_port=sink_port,
                 storage=workdir / f"{name}-data",
+                # the exporter's batch.max_events (events per request to the sink), when not the default
+                batch="" if max_events is None else f"\n    batch: {{max_events: {max_events}}}",
             ),
             encoding="utf-8",
         )
