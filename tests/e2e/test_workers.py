@@ -305,3 +305,59 @@ def test_cumulative_otlp_metrics_are_billed_once_whichever_worker_takes_the_conn
             assert len(fake.ids()) == exports
             assert "runs in the primary process only" in proc.log_tail(200)
             assert proc.stop() == 0
+
+
+_LOG_MAPPING = (
+    '{"specversion": "1.0", "type": "log", "source": "otlp-test", "id": stable_id(this.time, this.body), '
+    '"subject": "acme", "time": this.time, "data": {"body": this.body}}'
+)
+
+
+def test_max_connection_age_spreads_one_grpc_client_over_the_workers(tmp_path: Path) -> None:
+    """One gRPC client keeps one connection, which the kernel gave to one worker; with
+    grpc.max_connection_age it is asked to reconnect now and then, and its load reaches both."""
+    import grpc
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.logs.v1 import logs_pb2
+
+    grpc_port = free_port()
+    unreachable = f"http://127.0.0.1:{free_port()}"  # every event stays in the shard that took it
+    cfg = _config(tmp_path, unreachable)
+    cfg["receivers"]["otlp"] = {
+        "grpc": {"endpoint": f"127.0.0.1:{grpc_port}", "max_connection_age": 0.25, "max_connection_age_grace": 5},
+        "http": None,
+        "metrics": {"cumulative_to_delta": False},  # logs only: the receiver may run in every worker
+    }
+    cfg["processors"] = {"mapping": {"expression": _LOG_MAPPING}}
+    cfg["service"]["pipelines"]["logs"] = {"receivers": ["otlp"], "processors": ["mapping"], "exporters": [EXPORTER_ID]}
+    with CollectorProcess(tmp_path, cfg) as proc:
+        proc.start()
+        proc.wait_started(timeout=30)
+        sent = 0
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            export = channel.unary_unary(
+                "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                request_serializer=logs_service_pb2.ExportLogsServiceRequest.SerializeToString,
+                response_deserializer=logs_service_pb2.ExportLogsServiceResponse.FromString,
+            )
+            deadline = time.monotonic() + 3.0  # about 12 connection lifetimes
+            while time.monotonic() < deadline:
+                record = logs_pb2.LogRecord(
+                    time_unix_nano=1_700_000_000_000_000_000 + sent,
+                    body=common_pb2.AnyValue(string_value=f"call {sent}"),
+                )
+                request = logs_service_pb2.ExportLogsServiceRequest(
+                    resource_logs=[logs_pb2.ResourceLogs(scope_logs=[logs_pb2.ScopeLogs(log_records=[record])])]
+                )
+                answer = export(request, timeout=10)  # a GOAWAY never fails a call
+                assert not answer.partial_success.rejected_log_records
+                sent += 1
+                time.sleep(0.01)
+
+        queues = _worker_queues(proc)
+        assert set(queues) == {"1", "2"}
+        assert sum(queues.values()) == sent
+        assert all(n > 0 for n in queues.values()), f"one worker took the client's every call: {queues}"
+        assert "runs in the primary process only" not in proc.log_tail(200)
+        assert proc.stop() == 0

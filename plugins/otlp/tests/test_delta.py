@@ -298,3 +298,18 @@ def test_with_workers_the_delta_state_keeps_the_receiver_in_one_process(registry
     assert loaded.warnings == []
     assert Service(loaded, registry, role="worker").receiver_runs_here("otlp")
     assert not Service(loaded, registry, role="primary").receiver_runs_here("otlp")
+
+
+def test_max_connection_age_is_refused_beside_the_delta_state(registry):
+    """Reconnecting moves a client to another worker or replica; a cumulative series must not move."""
+    from collector.config import load_config
+    from collector.errors import ConfigError
+
+    aged = _WORKERS.replace('endpoint: "127.0.0.1:4317"', 'endpoint: "127.0.0.1:4317", max_connection_age: 5m')
+    with pytest.raises(ConfigError) as exc:
+        load_config(aged.format(delta="true"), registry)
+    assert "grpc.max_connection_age moves clients between collectors" in str(exc.value)
+    assert "metrics.cumulative_to_delta: false" in str(exc.value)
+    receiver = load_config(aged.format(delta="false"), registry).get("receiver", "otlp").config
+    assert receiver.grpc.max_connection_age == 300.0
+    assert receiver.grpc.max_connection_age_grace == 30.0

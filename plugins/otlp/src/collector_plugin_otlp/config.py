@@ -27,6 +27,17 @@ class GrpcConfig(_Strict):
 
     endpoint: str = Field("127.0.0.1:4317", description="host:port to listen on (0.0.0.0:4317 in containers).")
     tls: TlsConfig | None = Field(None, description="Serve gRPC over TLS when set.")
+    max_connection_age: Duration | None = Field(
+        None,
+        gt=0,
+        description="Ask each client to reconnect after this long (gRPC GOAWAY; its calls in flight finish): a "
+        "client's load then moves over worker processes and over replicas behind a Service instead of staying on "
+        "the one its connection reached (5m, 30s). null: connections live as long as the client keeps them. Not "
+        "with metrics.cumulative_to_delta, whose series must keep reaching the same collector.",
+    )
+    max_connection_age_grace: Duration = Field(
+        30.0, gt=0, description="How long calls in flight may take after that request to reconnect (30s)."
+    )
 
     _endpoint = field_validator("endpoint")(_check_endpoint)
 
@@ -100,4 +111,12 @@ class OtlpReceiverConfig(_Strict):
     def _one_transport(self) -> OtlpReceiverConfig:
         if self.grpc is None and self.http is None:
             raise ValueError("grpc and http are both null: enable at least one transport")
+        if self.grpc is not None and self.grpc.max_connection_age is not None and self.metrics.cumulative_to_delta:
+            # The delta state of a series lives in one collector: a client moved to another replica
+            # would have its cumulative series counted again from the start there.
+            raise ValueError(
+                "grpc.max_connection_age moves clients between collectors, but metrics.cumulative_to_delta needs "
+                "every export of a series to reach the same one: set metrics.cumulative_to_delta: false (with SDKs "
+                "exporting delta temporality) or leave max_connection_age unset"
+            )
         return self

@@ -46,14 +46,20 @@ class GrpcServer:
 
     async def start(self) -> None:
         max_bytes = self.receiver.config.max_message_bytes
-        server = aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                # Without this, a second process could bind the same port silently; worker
-                # processes (service.workers > 1) share it on purpose.
-                ("grpc.so_reuseport", 1 if self.receiver.ctx.shared_listeners else 0),
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", max_bytes),
+            # Without this, a second process could bind the same port silently; worker
+            # processes (service.workers > 1) share it on purpose.
+            ("grpc.so_reuseport", 1 if self.receiver.ctx.shared_listeners else 0),
+        ]
+        if self.config.max_connection_age is not None:
+            # A client keeps one connection, which the kernel gave to one worker (or a Service to one
+            # replica); GOAWAY after this age makes it reconnect, so its load spreads over time.
+            options += [
+                ("grpc.max_connection_age_ms", max(1, round(self.config.max_connection_age * 1000))),
+                ("grpc.max_connection_age_grace_ms", max(1, round(self.config.max_connection_age_grace * 1000))),
             ]
-        )
+        server = aio.server(options=options)
         server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler(
